@@ -1,0 +1,436 @@
+"""The paper's ConvNet configurations (PAPER.md section 1, Table 1) and one model class for all of them.
+
+The module layout deliberately equals torchvision's (``features.N`` / ``classifier.{0,3,6}``) so that released
+torchvision state dicts load without renaming; the paper's (Caffe's) layer names (conv1_1 ... fc8) are kept beside
+it for feature access and for the weight converters.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# A block is a list of (out_channels, kernel) conv layers followed by a 2x2 max-pool (Table 1).
+_3 = 3
+BLOCKS: dict[str, tuple] = {
+    "A": ([(64, _3)], [(128, _3)], [(256, _3)] * 2, [(512, _3)] * 2, [(512, _3)] * 2),
+    "B": ([(64, _3)] * 2, [(128, _3)] * 2, [(256, _3)] * 2, [(512, _3)] * 2, [(512, _3)] * 2),
+    # Config C: the third conv of blocks 3-5 is 1x1 (PAPER.md section 1).
+    "C": ([(64, _3)] * 2, [(128, _3)] * 2, [(256, _3)] * 2 + [(256, 1)], [(512, _3)] * 2 + [(512, 1)],
+          [(512, _3)] * 2 + [(512, 1)]),
+    "D": ([(64, _3)] * 2, [(128, _3)] * 2, [(256, _3)] * 3, [(512, _3)] * 3, [(512, _3)] * 3),
+    "E": ([(64, _3)] * 2, [(128, _3)] * 2, [(256, _3)] * 4, [(512, _3)] * 4, [(512, _3)] * 4),
+    # Section 4.1 ablation: B with each pair of 3x3 layers replaced by one 5x5 layer.
+    "B-shallow": ([(64, 5)], [(128, 5)], [(256, 5)], [(512, 5)], [(512, 5)]),
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What the weights expect from an RGB image in [0, 1]: channel order, scale, then (x - mean) / std.
+
+    mean and std are given in the target channel order (BGR means for Caffe weights)."""
+
+    order: str = "RGB"
+    scale: float = 255.0
+    mean: tuple[float, ...] = (123.68, 116.779, 103.939)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self):
+        if self.order not in ("RGB", "BGR"):
+            raise ValueError(f"preprocess order must be RGB or BGR, got {self.order!r}")
+        if len(self.mean) != len(self.std):
+            raise ValueError("preprocess mean and std must have the same length")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != len(self.mean):
+            raise ValueError(f"preprocess expects (N, {len(self.mean)}, H, W), got {tuple(x.shape)}")
+        if self.order == "BGR":
+            x = x.flip(1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x * self.scale - mean) / std
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(order=d["order"], scale=float(d["scale"]), mean=tuple(map(float, d["mean"])),
+                   std=tuple(map(float, d["std"])))
+
+
+# The three conventions of PAPER.md section 8.
+CAFFE = Preprocess("BGR", 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
+TORCHVISION = Preprocess("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# verydeep-trained models: 0-255 values minus the training set's mean RGB (section 1); ImageNet's until stats exist.
+VERYDEEP = Preprocess()
+
+
+@dataclass(frozen=True)
+class VGGConfig:
+    """Everything that determines a model's architecture; stored in verydeep's weight files."""
+
+    config: str = "D"                 # key of BLOCKS
+    lrn: bool = False                 # A-LRN: LRN after conv1_1's ReLU
+    batch_norm: bool = False          # the *_bn variants (not in the paper)
+    num_classes: int = 1000
+    width: float = 1.0                # multiplies every conv width (64 ... 512)
+    fc_width: int = 4096
+    in_channels: int = 3
+    dropout: float = 0.5
+    crop_size: int = 224              # the FC head is built for this crop: fc6 acts as a (crop/32)^2 conv
+
+    def __post_init__(self):
+        if self.config not in BLOCKS:
+            raise ValueError(f"unknown VGG configuration {self.config!r}; choose one of {sorted(BLOCKS)}")
+        if self.crop_size < 32:
+            raise ValueError(f"crop_size must be at least 32 (five 2x2 pools), got {self.crop_size}")
+        for name in ("num_classes", "fc_width", "in_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.width <= 0:
+            raise ValueError(f"width multiplier must be positive, got {self.width}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_kernel(self) -> int:
+        return self.crop_size // 32
+
+    def channels(self, c: int) -> int:
+        return max(1, int(round(c * self.width)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VGGConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    config: str
+    lrn: bool = False
+    batch_norm: bool = False
+    aliases: tuple[str, ...] = field(default=())
+
+
+# One registry of names (timm style). The paper's names first, then torchvision-style aliases.
+_SPECS = {
+    "A": _Spec("A", aliases=("vgg11",)),
+    "A-LRN": _Spec("A", lrn=True, aliases=("vgg11_lrn",)),
+    "B": _Spec("B", aliases=("vgg13",)),
+    "C": _Spec("C", aliases=("vgg16_c",)),
+    "D": _Spec("D", aliases=("vgg16",)),
+    "E": _Spec("E", aliases=("vgg19",)),
+    "B-shallow": _Spec("B-shallow", aliases=("vgg13_shallow",)),
+    "vgg11_bn": _Spec("A", batch_norm=True),
+    "vgg13_bn": _Spec("B", batch_norm=True),
+    "vgg16_bn": _Spec("D", batch_norm=True),
+    "vgg19_bn": _Spec("E", batch_norm=True),
+}
+_NAMES = {n: s for n, s in _SPECS.items()}
+_NAMES.update({a: s for s in _SPECS.values() for a in s.aliases})
+
+
+def list_models() -> list[str]:
+    """Every name vgg() accepts: the paper's configs, their torchvision-style aliases, the BN variants."""
+    return list(_SPECS) + [a for s in _SPECS.values() for a in s.aliases]
+
+
+def model_config(name: str, **options) -> VGGConfig:
+    spec = _NAMES.get(name) or _NAMES.get(name.upper()) or _NAMES.get(name.lower())
+    if spec is None:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return VGGConfig(config=spec.config, lrn=spec.lrn, batch_norm=spec.batch_norm, **options)
+
+
+def config_name(cfg: VGGConfig) -> str:
+    """The registry name of a config's architecture ("D", "A-LRN", "vgg16_bn", ...)."""
+    for name, spec in _SPECS.items():
+        if (spec.config, spec.lrn, spec.batch_norm) == (cfg.config, cfg.lrn, cfg.batch_norm):
+            return name
+    return cfg.config + ("-LRN" if cfg.lrn else "") + ("_bn" if cfg.batch_norm else "")
+
+
+class VGG(nn.Module):
+    """A VGG net of any configuration. ``model(x)`` takes crops of ``config.crop_size``; ``score_map(x)`` takes any
+    image at least that large and applies the FC layers as convolutions (PAPER.md section 3, dense evaluation)."""
+
+    def __init__(self, config: VGGConfig, preprocess: Preprocess | None = None, init: str = "paper"):
+        super().__init__()
+        self.config = config
+        self.input_convention = preprocess or VERYDEEP
+        self.class_names: list[str] | None = None  # label names, saved with verydeep weights
+        if len(self.input_convention.mean) != config.in_channels:
+            self.input_convention = Preprocess("RGB", 255.0, (128.0,) * config.in_channels,
+                                               (1.0,) * config.in_channels)
+        layers: list[nn.Module] = []
+        names: list[str] = []
+        c_in = config.in_channels
+        for b, block in enumerate(BLOCKS[config.config], start=1):
+            for i, (c, k) in enumerate(block, start=1):
+                c_out = config.channels(c)
+                layers.append(nn.Conv2d(c_in, c_out, k, padding=k // 2))
+                names.append(f"conv{b}_{i}")
+                if config.batch_norm:
+                    layers.append(nn.BatchNorm2d(c_out))
+                    names.append(f"bn{b}_{i}")
+                layers.append(nn.ReLU(inplace=True))
+                names.append(f"relu{b}_{i}")
+                if config.lrn and b == 1 and i == 1:
+                    # Krizhevsky et al.'s LRN (k=2, n=5, alpha=1e-4, beta=0.75). PyTorch, like Caffe, divides alpha
+                    # by n inside the sum, so Krizhevsky's alpha=1e-4 is alpha=5e-4 here (as in VGG's own prototxts).
+                    layers.append(nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0))
+                    names.append("norm1")
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2, 2))
+            names.append(f"pool{b}")
+        self.features = nn.Sequential(*layers)
+        k = config.head_kernel
+        fc = config.fc_width
+        self.classifier = nn.Sequential(
+            nn.Linear(c_in * k * k, fc), nn.ReLU(inplace=True), nn.Dropout(config.dropout),
+            nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Dropout(config.dropout),
+            nn.Linear(fc, config.num_classes),
+        )
+        self.feature_names = names
+        self.head_names = ["fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
+        self.feature_channels = c_in
+        init_weights(self, init)
+
+    # ----------------------------------------------------------------------------------------------- naming
+    @property
+    def layer_names(self) -> list[str]:
+        """Every layer name in order: conv1_1, relu1_1, ..., pool5, fc6, relu6, drop6, fc7, relu7, drop7, fc8."""
+        return self.feature_names + self.head_names
+
+    def layer(self, name: str) -> nn.Module:
+        if name in self.feature_names:
+            return self.features[self.feature_names.index(name)]
+        if name in self.head_names:
+            return self.classifier[self.head_names.index(name)]
+        raise KeyError(f"no layer {name!r}; layers are {', '.join(self.layer_names)}")
+
+    def weight_layers(self) -> list[tuple[str, nn.Module]]:
+        """The conv and FC layers in order, by their paper names: what the weight converters map onto."""
+        return [(n, self.layer(n)) for n in self.layer_names if n.startswith(("conv", "fc"))]
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Map RGB floats in [0, 1], (N, C, H, W), to what this model's weights expect."""
+        return self.input_convention(x)
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        k = self.config.head_kernel
+        if f.shape[-2:] != (k, k):
+            raise ValueError(
+                f"input {tuple(x.shape[-2:])} does not match the {self.config.crop_size}x{self.config.crop_size} crop "
+                f"this head is built for; use model.score_map(x) for dense evaluation of other sizes")
+        return self.classifier(torch.flatten(f, 1))
+
+    def _fc_as_conv(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        lin: nn.Linear = self.classifier[index]
+        k = self.config.head_kernel if index == 0 else 1
+        # A view of the Linear weight: the dense net and the crop net share their parameters.
+        w = lin.weight.view(lin.out_features, -1, k, k)
+        return F.conv2d(x, w, lin.bias)
+
+    def _head(self, f: torch.Tensor, dense: bool):
+        """Yield (name, output) through the FC layers, as FCs on a crop or as convolutions (dense)."""
+        x = f if dense else torch.flatten(f, 1)
+        for name, module, index in zip(self.head_names, self.classifier, range(7)):
+            if isinstance(module, nn.Linear):
+                x = self._fc_as_conv(x, index) if dense else module(x)
+            else:
+                x = module(x)
+            yield name, x
+
+    def score_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The class score map (N, classes, h, w) of a whole image: fc6 as a kxk conv, fc7/fc8 as 1x1 convs."""
+        f = self.features(x)
+        k = self.config.head_kernel
+        if f.shape[-1] < k or f.shape[-2] < k:
+            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than the {self.config.crop_size} crop")
+        for _, out in self._head(f, dense=True):
+            pass
+        return out
+
+    def extract(self, x: torch.Tensor, layers: Sequence[str] | str, dense: bool = False) -> dict[str, torch.Tensor]:
+        """Outputs of named layers (conv = before ReLU, relu = after). FC layers give (N, C) on a crop, or maps
+        (N, C, h, w) with dense=True. Stops as soon as the last requested layer is computed."""
+        wanted = [layers] if isinstance(layers, str) else list(layers)
+        for n in wanted:
+            self.layer(n)  # raises a clear KeyError for unknown names
+        todo, out = set(wanted), {}
+        y = x
+        for name, module in zip(self.feature_names, self.features):
+            # Out-of-place ReLU so that a stored pre-activation output is not overwritten.
+            y = F.relu(y) if isinstance(module, nn.ReLU) else module(y)
+            if name in todo:
+                out[name] = y
+                todo.discard(name)
+            if not todo:
+                return out
+        if not dense and y.shape[-2:] != (self.config.head_kernel,) * 2:
+            raise ValueError(f"fc layers need a {self.config.crop_size} crop or dense=True; "
+                             f"got input {tuple(x.shape[-2:])}")
+        for name, y in self._head(y, dense):
+            if name in todo:
+                out[name] = y.clone() if name.startswith("fc") else y
+                todo.discard(name)
+            if not todo:
+                break
+        return out
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate 4096-D activations (relu7) of crops: the paper's image features (section 7)."""
+        return self.extract(x, "relu7")["relu7"]
+
+
+# --------------------------------------------------------------------------------------------------- init
+INIT_SCHEMES = ("paper", "glorot", "kaiming")
+
+
+def init_weights(model: nn.Module, scheme: str = "paper") -> None:
+    """PAPER.md section 2: "paper" = N(0, 0.01) weights, zero biases (the random init of net A); "glorot" = Glorot &
+    Bengio 2010 uniform (the post-submission note: works without pre-training); "kaiming" = He et al. 2015 normal."""
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"unknown init scheme {scheme!r}; choose one of {INIT_SCHEMES}")
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if scheme == "paper":
+                nn.init.normal_(m.weight, 0.0, 0.01)
+            elif scheme == "glorot":
+                nn.init.xavier_uniform_(m.weight)
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+# Net A's layers that initialise deeper nets (section 2): its first four conv layers and the three FC layers.
+INIT_FROM_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
+
+
+@torch.no_grad()
+def init_from(model: VGG, net_a: VGG, layers: Iterable[str] = INIT_FROM_LAYERS) -> list[str]:
+    """Copy net A's first four conv layers and its three FC layers into a deeper net (PAPER.md section 2).
+
+    A's first four conv layers are conv1_1, conv2_1, conv3_1, conv3_2; they go to the layers of the same name in
+    the deeper net (the same positions in their blocks, hence the same shapes). Other layers keep their fresh init.
+    Returns the names copied."""
+    copied = []
+    for name in layers:
+        try:
+            dst, src = model.layer(name), net_a.layer(name)
+        except KeyError as e:
+            raise ValueError(f"init_from: {e.args[0]}") from None
+        for p in ("weight", "bias"):
+            a, b = getattr(src, p), getattr(dst, p)
+            if a.shape != b.shape:
+                raise ValueError(f"init_from: {name}.{p}: source has {tuple(a.shape)}, "
+                                 f"target expects {tuple(b.shape)}")
+            b.copy_(a)
+        copied.append(name)
+    return copied
+
+
+# --------------------------------------------------------------------------------------------------- builder
+def vgg(name: str = "D", *, num_classes: int | None = None, weights=None, init: str = "paper",
+        preprocess: Preprocess | None = None, strict: bool = True, **options) -> VGG:
+    """Build any configuration by name ("A", "A-LRN", "B", "C", "D", "E", "B-shallow", "vgg16", "vgg16_bn", ...).
+
+    options: width, fc_width, in_channels, dropout, crop_size (see VGGConfig). weights: a path to torchvision .pth,
+    Keras .h5, Caffe .caffemodel or verydeep .safetensors weights (format detected); head sizes (classes, FC width,
+    crop) not given are taken from the file."""
+    if weights is None:
+        cfg = model_config(name, num_classes=1000 if num_classes is None else num_classes, **options)
+        return VGG(cfg, preprocess=preprocess, init=init)
+    from . import weights as _w
+
+    return _w.build(name, weights, num_classes=num_classes, preprocess=preprocess, strict=strict, **options)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------------- analysis
+@dataclass
+class LayerInfo:
+    name: str
+    kind: str
+    out_shape: tuple[int, int, int]
+    params: int
+    macs: int
+    receptive_field: int
+
+
+def describe(cfg: VGGConfig, size: int | None = None) -> list[LayerInfo]:
+    """Per-layer output shape, parameters, multiply-adds and receptive field at a square input (Table 1 / 2)."""
+    size = size or cfg.crop_size
+    h, c, rf, jump = size, cfg.in_channels, 1, 1
+    rows: list[LayerInfo] = []
+    for b, block in enumerate(BLOCKS[cfg.config], start=1):
+        for i, (co, k) in enumerate(block, start=1):
+            co = cfg.channels(co)
+            rf += (k - 1) * jump
+            params = c * co * k * k + co + (2 * co if cfg.batch_norm else 0)
+            rows.append(LayerInfo(f"conv{b}_{i}", f"conv{k}-{co}", (co, h, h), params, h * h * c * co * k * k, rf))
+            c = co
+        rf += jump
+        jump *= 2
+        h //= 2
+        rows.append(LayerInfo(f"pool{b}", "maxpool", (c, h, h), 0, 0, rf))
+    k = cfg.head_kernel
+    dims = [c * k * k, cfg.fc_width, cfg.fc_width, cfg.num_classes]
+    hh = max(h - k + 1, 1)
+    rf += (k - 1) * jump  # fc6 sees a kxk window of pool5
+    for j, name in enumerate(("fc6", "fc7", "fc8")):
+        params = dims[j] * dims[j + 1] + dims[j + 1]
+        rows.append(LayerInfo(name, f"FC-{dims[j + 1]}", (dims[j + 1], hh, hh), params,
+                              hh * hh * dims[j] * dims[j + 1], rf))
+    return rows
+
+
+def summary(cfg: VGGConfig, size: int | None = None) -> dict:
+    rows = describe(cfg, size)
+    convs = [r for r in rows if r.name.startswith("conv")]
+    return {
+        "name": config_name(cfg),
+        "weight_layers": sum(1 for r in rows if r.name.startswith(("conv", "fc"))),
+        "params": sum(r.params for r in rows),
+        "macs": sum(r.macs for r in rows),
+        "receptive_field": convs[-1].receptive_field,
+    }
+
+
+def multiply_adds(cfg: VGGConfig, height: int, width: int | None = None) -> int:
+    """Multiply-adds of a dense pass over an HxW image (convs and FC-as-conv layers)."""
+    width = width or height
+    total, h, w, c = 0, height, width, cfg.in_channels
+    for block in BLOCKS[cfg.config]:
+        for co, k in block:
+            co = cfg.channels(co)
+            total += h * w * c * co * k * k
+            c = co
+        h, w = h // 2, w // 2
+    k = cfg.head_kernel
+    hh, ww = max(h - k + 1, 0), max(w - k + 1, 0)
+    dims = [c * k * k, cfg.fc_width, cfg.fc_width, cfg.num_classes]
+    total += sum(hh * ww * dims[j] * dims[j + 1] for j in range(3))
+    return total
+

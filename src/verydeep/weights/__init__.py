@@ -1,0 +1,208 @@
+"""Weights in every released format (PAPER.md section 8): torchvision .pth, Keras .h5, Caffe .caffemodel, and
+verydeep's own safetensors files. Each reader turns a file into one format-neutral ``Tensors`` set (torch layouts,
+layers in network order); ``assign`` maps it onto a model by order, checking every shape."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import WeightsError
+from ..models import VERYDEEP, VGG, Preprocess, VGGConfig, config_name, model_config
+
+FORMATS = ("verydeep", "torchvision", "keras", "caffe")
+
+
+@dataclass
+class Layer:
+    name: str                       # the layer's name in the file
+    weight: torch.Tensor            # torch layout: (out, in, kh, kw) or (out, in)
+    bias: torch.Tensor | None
+
+
+@dataclass
+class Tensors:
+    """A weight file's contents, format-neutral."""
+
+    fmt: str
+    convs: list[Layer]
+    fcs: list[Layer]
+    bns: list[dict[str, torch.Tensor]] = field(default_factory=list)  # one per conv layer when present
+    fc6_layout: str = "nchw"        # how fc6's input is flattened; Keras flattens NHWC
+    preprocess: Preprocess = VERYDEEP
+    config: VGGConfig | None = None  # verydeep files carry their architecture
+    class_names: list[str] | None = None
+
+
+MAGIC_HDF5 = b"\x89HDF\r\n\x1a\n"
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Guess a weight file's format from its first bytes (and, for protobuf, which has no magic, its name)."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file")
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a directory, not a weight file")
+    size = path.stat().st_size
+    if size == 0:
+        raise WeightsError(f"{path}: empty file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read ({e.strerror})") from None
+    if head.startswith(MAGIC_HDF5):
+        return "keras"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch zip archive or legacy pickle
+        return "torchvision"
+    if len(head) >= 9:
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= 100_000_000 and head[8:9] == b"{":  # a safetensors JSON header, possibly truncated
+            return "verydeep"
+    if path.suffix.lower() in (".caffemodel", ".binaryproto", ".pb"):
+        return "caffe"
+    # Protobuf has no magic number: a NetParameter starts with field 1 (name), 2 (layers) or 100 (layer) tags.
+    if head[:1] in (b"\x0a", b"\x12", b"\xa2"):
+        return "caffe"
+    raise WeightsError(f"{path}: unrecognised weight file format (expected torchvision .pth, Keras .h5, "
+                       f"Caffe .caffemodel or verydeep .safetensors)")
+
+
+def read(path: str | os.PathLike, fmt: str | None = None) -> Tensors:
+    """Read any supported weight file into a Tensors set."""
+    fmt = fmt or detect_format(path)
+    if fmt == "verydeep":
+        from .native import read as reader
+    elif fmt == "torchvision":
+        from .torchvision import read as reader
+    elif fmt == "keras":
+        from .keras import read as reader
+    elif fmt == "caffe":
+        from .caffe import read as reader
+    else:
+        raise WeightsError(f"{path}: unknown format {fmt!r}; choose one of {FORMATS}")
+    t = reader(Path(path))
+    if not t.convs:
+        raise WeightsError(f"{path}: no convolution layers found in this {fmt} file")
+    return t
+
+
+def _shape(t) -> tuple:
+    return tuple(t.shape)
+
+
+@torch.no_grad()
+def assign(model: VGG, t: Tensors, path: str | os.PathLike = "<weights>", strict: bool = True) -> None:
+    """Copy a Tensors set onto a model, layer by layer in network order, with a one-line error on any mismatch."""
+    convs = [(n, m) for n, m in model.weight_layers() if n.startswith("conv")]
+    fcs = [(n, m) for n, m in model.weight_layers() if n.startswith("fc")]
+    arch = config_name(model.config)
+    if len(t.convs) != len(convs):
+        raise WeightsError(f"{path}: file has {len(t.convs)} conv layers, model {arch} has {len(convs)}")
+    if t.fcs and len(t.fcs) != len(fcs):
+        raise WeightsError(f"{path}: file has {len(t.fcs)} fully-connected layers, model {arch} has {len(fcs)}")
+    if not t.fcs and strict:
+        raise WeightsError(f"{path}: file has no fully-connected layers (a 'notop' file?); "
+                           f"load with strict=False to take its conv layers only")
+    if t.bns and not model.config.batch_norm:
+        raise WeightsError(f"{path}: file has batch-norm layers; use a *_bn model (e.g. vgg16_bn)")
+    if model.config.batch_norm and not t.bns and strict:
+        raise WeightsError(f"{path}: model {arch} has batch-norm layers but the file has none")
+
+    def put(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
+        if src is None:
+            raise WeightsError(f"{path}: {name}: missing in file")
+        if _shape(src) != _shape(dst):
+            raise WeightsError(f"{path}: {name}: file has {_shape(src)}, model expects {_shape(dst)}")
+        if not torch.isfinite(src).all():
+            raise WeightsError(f"{path}: {name}: contains NaN or infinite values")
+        dst.copy_(src.to(dst.dtype))
+
+    for (name, m), layer in zip(convs, t.convs):
+        put(m.weight, layer.weight, f"{name}.weight")
+        put(m.bias, layer.bias, f"{name}.bias")
+    if t.bns:
+        bn_layers = [(n, model.layer(n)) for n in model.feature_names if n.startswith("bn")]
+        for (name, m), bn in zip(bn_layers, t.bns):
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                put(getattr(m, key), bn.get(key), f"{name}.{key}")
+    for i, ((name, m), layer) in enumerate(zip(fcs, t.fcs)):
+        w = layer.weight
+        if i == 0 and t.fc6_layout == "nhwc":
+            k, c = model.config.head_kernel, model.feature_channels
+            if w.ndim == 2 and w.shape[1] == k * k * c:
+                # Keras flattens an NHWC tensor: reorder the inputs to PyTorch's (C, H, W) flattening.
+                w = w.reshape(w.shape[0], k, k, c).permute(0, 3, 1, 2).reshape(w.shape[0], -1)
+        put(m.weight, w, f"{name}.weight")
+        put(m.bias, layer.bias, f"{name}.bias")
+    model.input_convention = t.preprocess
+    if t.class_names is not None:
+        model.class_names = list(t.class_names)
+
+
+def load_into(model: VGG, path: str | os.PathLike, strict: bool = True, fmt: str | None = None) -> VGG:
+    """Load a weight file of any format into an existing model."""
+    assign(model, read(path, fmt), path, strict)
+    return model
+
+
+def _inferred_options(t: Tensors) -> dict:
+    """Architecture options implied by the tensors: input channels, width, FC width, classes, crop size."""
+    first, last = t.convs[0].weight, t.convs[-1].weight
+    opts = {"in_channels": int(first.shape[1]), "width": first.shape[0] / 64.0}
+    if t.fcs:
+        fc6 = t.fcs[0].weight
+        opts["fc_width"] = int(fc6.shape[0])
+        opts["num_classes"] = int(t.fcs[-1].weight.shape[0])
+        k = math.isqrt(max(int(fc6.shape[1]) // int(last.shape[0]), 1))
+        if k * k * last.shape[0] == fc6.shape[1]:
+            opts["crop_size"] = 32 * k
+    return opts
+
+
+def build(name: str | None, path: str | os.PathLike, *, num_classes: int | None = None,
+          preprocess: Preprocess | None = None, strict: bool = True, fmt: str | None = None, **options) -> VGG:
+    """Build a model and load weights: the architecture from `name` and options, sizes the caller left out taken
+    from the file (verydeep files carry their whole config)."""
+    t = read(path, fmt)
+    if num_classes is not None:
+        options["num_classes"] = num_classes
+    if t.config is not None:
+        cfg = t.config
+        if name is not None:
+            want = model_config(name)
+            if (want.config, want.lrn, want.batch_norm) != (cfg.config, cfg.lrn, cfg.batch_norm):
+                raise WeightsError(f"{path}: file holds a {config_name(cfg)} model, not {name}")
+        clash = {k: v for k, v in options.items() if getattr(cfg, k) != v}
+        if clash:
+            k, v = next(iter(clash.items()))
+            raise WeightsError(f"{path}: {k}: file has {getattr(cfg, k)!r}, requested {v!r}")
+    else:
+        if name is None:
+            raise WeightsError(f"{path}: a {t.fmt} file does not name its architecture; pass the model name")
+        merged = {**_inferred_options(t), **options}
+        try:
+            cfg = model_config(name, **merged)
+        except ValueError as e:
+            raise WeightsError(f"{path}: {e}") from None
+    model = VGG(cfg)
+    assign(model, t, path, strict)
+    if preprocess is not None:
+        model.input_convention = preprocess
+    return model
+
+
+def save(model: VGG, path: str | os.PathLike) -> None:
+    """Write verydeep's own format: safetensors weights plus a JSON header with the config and preprocessing."""
+    from .native import write
+
+    write(model, Path(path))
+
+
+def load(path: str | os.PathLike, name: str | None = None, **kwargs) -> VGG:
+    """Build a model from a weight file: verydeep files need nothing else; other formats need the model name."""
+    return build(name, path, **kwargs)

@@ -1,0 +1,20 @@
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import pytest
+import torch
+
+import verydeep as vd
+
+
+def tiny(name="A", **kw):
+    """A narrow net with the real topology: every code path, milliseconds per call."""
+    opts = dict(num_classes=7, crop_size=64, width=1 / 16, fc_width=32, init="glorot")
+    opts.update(kw)
+    return vd.vgg(name, **opts).eval()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

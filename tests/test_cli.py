@@ -1,0 +1,97 @@
+"""The `verydeep` command: Table 2 from `info`, predictions, exports, and one-line errors for user mistakes."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import verydeep as vd
+from verydeep.cli import main
+from conftest import tiny
+
+
+def test_info_prints_table_2(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for count in ("132,863,336", "133,047,848", "133,638,952", "138,357,544", "143,667,240"):
+        assert count in out
+    d = next(line for line in out.splitlines() if line.startswith("D "))
+    assert d.split()[1:] == ["16", "138,357,544", "138.4", "138", "15.47", "15.47", "196"]
+
+
+def test_info_one_model(capsys):
+    assert main(["info", "C"]) == 0
+    out = capsys.readouterr().out
+    assert "conv3_3" in out and "conv1-256" in out and "133,638,952" in out
+
+
+@pytest.fixture
+def image(tmp_path):
+    rng = np.random.default_rng(0)
+    p = tmp_path / "img.jpg"
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(p, quality=90)
+    return p
+
+
+@pytest.fixture
+def weights(tmp_path):
+    m = tiny("A")
+    m.class_names = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
+    p = tmp_path / "a.safetensors"
+    vd.save(m, p)
+    return p
+
+
+@pytest.mark.parametrize("protocol", ["dense", "center"])
+def test_predict_json(weights, image, capsys, protocol):
+    assert main(["predict", "--weights", str(weights), str(image), "--json", "--protocol", protocol]) == 0
+    res = json.loads(capsys.readouterr().out)
+    top = res[0]["top"]
+    assert len(top) == 5 and top[0]["name"] in {"ant", "bee", "cat", "dog", "eel", "fox", "gnu"}
+    probs = [t["probability"] for t in top]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+
+
+def test_predict_dense_is_flip_averaged_posterior(weights, image):
+    from verydeep.evaluate import predict_image
+    from verydeep.transforms import load_rgb, rescale, to_tensor
+
+    m = vd.load(weights).eval()
+    p = predict_image(m, load_rgb(image), "dense", 73)
+    x = m.preprocess(to_tensor(rescale(load_rgb(image), 73))[None])
+    with torch.no_grad():
+        a = m.score_map(x).mean((2, 3)).softmax(1)
+        b = m.score_map(x.flip(3)).mean((2, 3)).softmax(1)
+    torch.testing.assert_close(p, ((a + b) / 2)[0])
+    assert abs(float(p.sum()) - 1) < 1e-5
+
+
+def test_export_cli(weights, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    assert main(["export", "--weights", str(weights), "--out", str(tmp_path / "m.onnx"), "--graph",
+                 "score_map"]) == 0
+    assert "max relative difference" in capsys.readouterr().out
+    assert main(["export", "--model", "A", "--weights", str(weights), "--out", str(tmp_path / "b.safetensors")]) == 0
+    assert vd.load(tmp_path / "b.safetensors").config == vd.load(weights).config
+
+
+@pytest.mark.parametrize("args,match", [
+    (["predict", "--weights", "{w}", "/no/such/image.jpg"], "/no/such/image.jpg: no such file"),
+    (["predict", "--weights", "{w}", "{bad}"], "not an image file"),
+    (["predict", "--weights", "/no/such.pth", "{img}"], "/no/such.pth: no such file"),
+    (["predict", "--model", "vgg17", "{img}"], "unknown model 'vgg17'"),
+    (["predict", "--weights", "{w}", "--labels", "{bad}", "{img}"], "1 labels for a 7-class model"),
+    (["export", "--weights", "{w}", "--out", "x.zip"], "choose an output ending in .onnx or .safetensors"),
+])
+def test_user_mistakes_are_one_line(weights, image, tmp_path, args, match):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is text\n")
+    argv = [a.format(w=weights, img=image, bad=bad) for a in args]
+    r = subprocess.run([sys.executable, "-m", "verydeep", *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], r.stderr
