@@ -146,6 +146,35 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    import logging
+
+    from .data import open_source, pack
+    from .data import stats as colour
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.data_command == "stats":
+        source = open_source(args.dir, split="train")
+        st = colour.compute(source, max_images=args.max_images, side=args.side)
+        out = Path(args.out) if args.out else colour.default_path(source)
+        colour.save(st, out)
+        print(f"{st.images} images ({st.pixels:,} pixels) from {source.root}")
+        print(f"mean RGB {tuple(round(v, 3) for v in st.mean)}; covariance eigenvalues "
+              f"{tuple(round(v, 3) for v in st.eigval)}; wrote {out}")
+    elif args.data_command == "pack":
+        index = pack(open_source(args.src), args.dst, args.shard_size)
+        print(f"wrote {index['count']} samples in {len(index['shards'])} shards to {args.dst} "
+              f"({index['skipped']} unreadable files skipped)")
+    elif args.data_command == "fashion-mnist":
+        from .data.fashion_mnist import find, load_arrays
+
+        for split in ("train", "test"):
+            images, labels = load_arrays(split)
+            where = find(("train" if split == "train" else "t10k") + "-images-idx3-ubyte")
+            print(f"Fashion-MNIST {split}: {len(labels)} images {images.shape[1:]} from {where} (SHA-256 checked)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """The README's main job until training lands: Table 2, then one image through every path of the foundation."""
     import tempfile
@@ -230,6 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--with-preprocess", action="store_true", help="bake preprocessing in: input RGB in [0, 1]")
     _add_model_options(s)
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("data", help="datasets: colour statistics, tar shards, Fashion-MNIST")
+    dsub = s.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("stats", help="mean RGB and RGB covariance eigen-decomposition of the training set")
+    d.add_argument("dir", help="dataset folder (its train/ split if present), shards, or fashion-mnist")
+    d.add_argument("--max-images", type=int, help="a seeded random subset (default: every image)")
+    d.add_argument("--side", type=int, default=128, help="rescale each image to this smallest side first")
+    d.add_argument("--out", help="output JSON (default: DIR/verydeep_stats.json)")
+    d = dsub.add_parser("pack", help="write a dataset as WebDataset-style tar shards")
+    d.add_argument("src")
+    d.add_argument("dst")
+    d.add_argument("--shard-size", default="1000", help="samples per shard (1000) or bytes (512MB)")
+    dsub.add_parser("fashion-mnist", help="find (or download, SHA-256 checked) Fashion-MNIST")
+    s.set_defaults(func=cmd_data)
 
     s = sub.add_parser("demo", help="Table 2 and one image through models, weights, dense scoring and ONNX")
     s.add_argument("--image", help="image file (default: scikit-learn's sample photo)")

@@ -1,0 +1,226 @@
+"""Training batches: DataLoader workers decode and crop, the main process (or the GPU) does the rest.
+
+Reproducibility: every sample's randomness (S, crop, flip, colour shift) comes from a generator seeded with
+(seed, epoch, index), so the same seed gives the same crops whatever the worker count, and a global batch split
+over N ranks is exactly the single-process batch (PAPER.md section 4: "the result is exactly the same").
+Bad images never stop a run: each is skipped, logged once with its path and reason, counted, and summarised at the
+end of the epoch; the run fails only when the skipped fraction passes a limit (1% by default)."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+
+from ..errors import UserError
+from ..transforms import TrainTransform
+from .shards import TarShards
+from .sources import Source
+
+log = logging.getLogger("verydeep.data")
+
+
+class Skip(NamedTuple):
+    path: str
+    reason: str
+    detail: str
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor   # uint8 (N, 3, C, C)
+    labels: torch.Tensor   # int64 (N,)
+    shifts: torch.Tensor   # float32 (N, 3): the RGB colour shift, 0-255 units
+    indices: torch.Tensor  # int64 (N,): source indices (for audits and resumption)
+    skips: list            # Skip for each unusable image of this batch
+
+
+@dataclass
+class LoaderConfig:
+    batch_size: int = 256          # per process: the global batch divided by the world size
+    workers: int = 4
+    seed: int = 0
+    shuffle: bool = True
+    drop_last: bool = True
+    max_skip_fraction: float = 0.01
+    pin_memory: bool | None = None  # default: when CUDA is available
+    prefetch_factor: int = 4
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng((seed, epoch, index))
+
+
+def load_sample(source: Source, transform: TrainTransform, seed: int, epoch: int, i: int):
+    """One training example (uint8 image, label, colour shift, index) or a Skip; never raises for bad data."""
+    try:
+        sample = source.read(i)
+        image, shift = transform(sample.image, sample_rng(seed, epoch, i))
+        return image, sample.label, shift, i
+    except Exception as e:  # one bad image in a million must not stop a run: skip, count, report
+        return Skip(source.path(i), getattr(e, "reason", type(e).__name__), str(e)[:200])
+
+
+class TrainDataset(Dataset):
+    """Map-style: indexed by (epoch, index) so that persistent workers see the epoch without being restarted."""
+
+    def __init__(self, source: Source, transform: TrainTransform, seed: int = 0):
+        self.source, self.transform, self.seed = source, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        return load_sample(self.source, self.transform, self.seed, epoch, i)
+
+
+class EpochSampler(Sampler):
+    """A seeded permutation per epoch, split across ranks by striding (rank r takes positions r, r+N, ...), so the
+    ranks' k-th batches together are the single-process k-th batch. Yields (epoch, index)."""
+
+    def __init__(self, n: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """skip: samples of this rank's sequence already consumed (resuming mid-epoch)."""
+        self.epoch, self.skip = epoch, skip
+
+    def order(self) -> np.ndarray:
+        perm = np.random.default_rng((self.seed, self.epoch, 0x5EED)).permutation(self.n) if self.shuffle \
+            else np.arange(self.n)
+        usable = self.n - self.n % self.world  # equal shares; the remainder waits for the next epoch's shuffle
+        return perm[:usable][self.rank::self.world]
+
+    def __iter__(self):
+        for i in self.order()[self.skip:]:
+            yield self.epoch, int(i)
+
+    def __len__(self) -> int:
+        return max(0, self.n // self.world - self.skip)
+
+
+def collate(items: list) -> Batch:
+    good = [x for x in items if not isinstance(x, Skip)]
+    skips = [x for x in items if isinstance(x, Skip)]
+    if good:
+        images = torch.stack([g[0] for g in good])
+        shifts = torch.from_numpy(np.stack([g[2] for g in good]).astype(np.float32))
+    else:
+        images, shifts = torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, 3)
+    labels = torch.tensor([g[1] for g in good], dtype=torch.int64)
+    indices = torch.tensor([g[3] for g in good], dtype=torch.int64)
+    return Batch(images, labels, shifts, indices, skips)
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers decode; the main process owns the cores for compute
+    info = get_worker_info()
+    np.random.seed((info.seed if info else worker_id) % 2**32)
+
+
+class SkipTracker:
+    """Counts unusable images, logs each path once, and enforces the skipped-fraction limit."""
+
+    def __init__(self, limit: float = 0.01, total: int | None = None):
+        self.limit, self.total = limit, total
+        self.logged: set[str] = set()
+        self.reset()
+
+    def reset(self) -> None:
+        self.seen, self.skipped, self.reasons = 0, 0, Counter()
+
+    def update(self, batch: Batch) -> None:
+        self.seen += len(batch.labels) + len(batch.skips)
+        for s in batch.skips:
+            self.skipped += 1
+            self.reasons[s.reason] += 1
+            if s.path not in self.logged:
+                self.logged.add(s.path)
+                log.warning("%s: skipped (%s)", s.path, s.detail or s.reason)
+        # Fail early once the epoch can no longer end under the limit.
+        if self.total and self.skipped > self.limit * self.total:
+            raise UserError(self._over())
+
+    def _over(self) -> str:
+        return (f"{self.skipped} unusable images ({self.skipped / max(self.seen, 1):.2%} of {self.seen} read) pass "
+                f"the {self.limit:.2%} limit ({', '.join(f'{n} {r}' for r, n in self.reasons.most_common())}); "
+                f"fix the data or raise max_skip_fraction")
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return f"{self.seen} images, none skipped"
+        return (f"{self.seen} images, {self.skipped} skipped ({self.skipped / max(self.seen, 1):.3%}): "
+                + ", ".join(f"{n} {r}" for r, n in self.reasons.most_common()))
+
+    def finish(self) -> str:
+        if self.seen and self.skipped / self.seen > self.limit:
+            raise UserError(self._over())
+        return self.summary()
+
+
+class TrainLoader:
+    """Batches of training views for one process of a (possibly distributed) run."""
+
+    def __init__(self, source: Source, transform: TrainTransform, cfg: LoaderConfig = LoaderConfig(),
+                 rank: int = 0, world: int = 1):
+        if len(source) == 0:
+            raise UserError(f"{source.root}: empty dataset")
+        self.cfg, self.source = cfg, source
+        self.sampler = EpochSampler(len(source), cfg.shuffle, cfg.seed, rank, world)
+        pin = torch.cuda.is_available() if cfg.pin_memory is None else cfg.pin_memory
+        workers = max(0, cfg.workers)
+        self.loader = DataLoader(
+            TrainDataset(source, transform, cfg.seed),
+            batch_sampler=BatchSampler(self.sampler, cfg.batch_size, cfg.drop_last),
+            num_workers=workers, collate_fn=collate, pin_memory=pin, worker_init_fn=_worker_init,
+            persistent_workers=workers > 0, prefetch_factor=cfg.prefetch_factor if workers else None)
+        self.skips = SkipTracker(cfg.max_skip_fraction, self.sampler.n // world)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Batch]:
+        """This epoch's batches, from batch `skip_batches` on (resuming a killed run mid-epoch)."""
+        self.sampler.set_epoch(epoch, skip_batches * self.cfg.batch_size)
+        self.skips.reset()
+        for batch in self.loader:
+            self.skips.update(batch)
+            yield batch
+        log.info("epoch %d data: %s", epoch, self.skips.finish())
+
+
+class ShardStream(IterableDataset):
+    """Streaming training views from tar shards (object storage, cluster file systems): shards are shuffled per
+    epoch and dealt to ranks and workers; samples pass through a seeded shuffle buffer."""
+
+    def __init__(self, shards: TarShards, transform: TrainTransform, seed: int = 0, rank: int = 0, world: int = 1,
+                 buffer: int = 1000):
+        self.shards, self.transform, self.seed = shards, transform, seed
+        self.rank, self.world, self.buffer, self.epoch = rank, world, buffer, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        order = np.random.default_rng((self.seed, self.epoch, 0x5AAD)).permutation(len(self.shards.shards))
+        mine = [int(s) for s in order[self.rank * nw + wid::self.world * nw]]
+        rng = np.random.default_rng((self.seed, self.epoch, self.rank, wid))
+        buf = []
+        for i, sample in self.shards.iterate(mine):
+            try:
+                image, shift = self.transform(sample.image, sample_rng(self.seed, self.epoch, i))
+                item = (image, sample.label, shift, i)
+            except Exception as e:
+                item = Skip(self.shards.path(i), getattr(e, "reason", type(e).__name__), str(e)[:200])
+            buf.append(item)
+            if len(buf) >= self.buffer:
+                yield buf.pop(int(rng.integers(len(buf))))
+        rng.shuffle(buf)
+        yield from buf

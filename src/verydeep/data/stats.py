@@ -1,0 +1,91 @@
+"""Training-set colour statistics (PAPER.md sections 1-2): the mean RGB value subtracted from every pixel, and the
+RGB covariance's eigenvalues and eigenvectors for AlexNet's PCA colour shift. Stored beside the data as JSON."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..transforms import BadImage, _to_rgb, decode, rescale
+from ..utils import atomic_write
+from .sources import Source
+
+log = logging.getLogger("verydeep.data")
+STATS_FILE = "verydeep_stats.json"
+
+
+@dataclass
+class ColourStats:
+    mean: tuple[float, float, float]             # RGB, 0-255
+    eigval: tuple[float, float, float]           # descending, (0-255)^2 units
+    eigvec: tuple[tuple[float, float, float], ...]  # 3x3, columns are eigenvectors
+    images: int
+    pixels: int
+
+    def to_dict(self) -> dict:
+        return {"mean_rgb": list(self.mean), "eigval": list(self.eigval), "eigvec": [list(r) for r in self.eigvec],
+                "images": self.images, "pixels": self.pixels}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ColourStats":
+        return cls(tuple(d["mean_rgb"]), tuple(d["eigval"]), tuple(tuple(r) for r in d["eigvec"]), d["images"],
+                   d["pixels"])
+
+
+def default_path(source: Source) -> Path:
+    """Beside the data (in the split's folder or shard folder); in the cache for sources that are not folders."""
+    root = Path(source.root)
+    if root.is_dir():
+        return root / STATS_FILE
+    return Path.home() / ".cache" / "verydeep" / f"{str(root).replace(':', '-')}.{STATS_FILE}"
+
+
+def compute(source: Source, max_images: int | None = None, side: int = 128, seed: int = 0,
+            progress: bool = True) -> ColourStats:
+    """Mean and covariance of RGB pixel values over the training set (or a seeded random subset of max_images),
+    each image rescaled to smallest side `side` first (the statistics of a colour distribution barely change with
+    resolution; the cost does, by orders of magnitude)."""
+    from tqdm import tqdm
+
+    n = len(source)
+    order = np.arange(n) if not max_images or max_images >= n else np.sort(
+        np.random.default_rng(seed).choice(n, max_images, replace=False))
+    s1, s2, count, used, skipped = np.zeros(3), np.zeros((3, 3)), 0, 0, 0
+    for i in tqdm(order, desc="colour stats", unit="img", disable=not progress):
+        try:
+            sample = source.read(int(i))
+            img = decode(sample.image, min_side=side) if isinstance(sample.image, bytes) else _to_rgb(sample.image)
+        except BadImage as e:
+            skipped += 1
+            log.warning("%s: skipped (%s)", source.path(int(i)), e)
+            continue
+        if min(img.size) > side:
+            img = rescale(img, side)
+        px = np.asarray(img, np.float64).reshape(-1, 3)
+        s1 += px.sum(0)
+        s2 += px.T @ px
+        count += len(px)
+        used += 1
+    if not count:
+        raise ValueError(f"{source.root}: no readable images for colour statistics")
+    mean = s1 / count
+    cov = s2 / count - np.outer(mean, mean)
+    val, vec = np.linalg.eigh(cov)
+    order3 = np.argsort(val)[::-1]
+    val, vec = np.clip(val[order3], 0, None), vec[:, order3]
+    return ColourStats(tuple(mean.tolist()), tuple(val.tolist()), tuple(tuple(r) for r in vec.tolist()), used,
+                       count)
+
+
+def save(stats: ColourStats, path: Path) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(stats.to_dict(), indent=1)))
+
+
+def load(path: Path) -> ColourStats | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return ColourStats.from_dict(json.loads(path.read_text()))

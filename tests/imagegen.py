@@ -1,0 +1,73 @@
+"""Generated datasets for the tests: ImageNet-like JPEG folders, VOC boxes, and every kind of bad file."""
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def photo(w, h, seed):
+    """A smooth random image with noise (JPEG-compresses like a photograph)."""
+    rng = np.random.default_rng(seed)
+    base = Image.fromarray(rng.integers(0, 255, (h // 16 + 2, w // 16 + 2, 3), dtype=np.uint8)).resize(
+        (w, h), Image.BICUBIC)
+    arr = np.asarray(base, np.int16) + rng.integers(-12, 12, (h, w, 3))
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+
+
+def write_jpeg(path, img, quality=90):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, "JPEG", quality=quality)
+    return path
+
+
+def voc_xml(path, w, h, objects):
+    objs = "".join(f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
+                   f"<ymax>{d}</ymax></bndbox></object>" for n, (a, b, c, d) in objects)
+    Path(path).write_text(f"<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
+                          f"{objs}</annotation>")
+
+
+def imagenet_folder(root, classes=("n01", "n02", "n03"), per_class=6, size=(120, 90), seed=0):
+    root = Path(root)
+    k = 0
+    for c in classes:
+        for i in range(per_class):
+            w, h = size if k % 2 == 0 else size[::-1]
+            write_jpeg(root / c / f"{c}_{i}.JPEG", photo(w, h, seed + k))
+            k += 1
+    return root
+
+
+def png_bomb(path, w=30000, h=30000):
+    """A tiny PNG whose header claims w x h pixels (a decompression bomb)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                           + chunk(b"IEND", b""))
+
+
+def bad_files(folder):
+    """Every kind of bad input the data issue lists; returns {filename: expected outcome}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    good = photo(80, 60, 99)
+    (folder / "zero.jpg").write_bytes(b"")
+    buf = io.BytesIO()
+    good.save(buf, "JPEG", quality=90)
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / "text.jpg").write_text("not an image at all\n")
+    good.convert("CMYK").save(folder / "cmyk.jpg", "JPEG")
+    good.convert("L").save(folder / "gray.jpg", "JPEG")
+    good.convert("P").save(folder / "palette.png")
+    good.convert("RGBA").save(folder / "rgba.png")
+    Image.fromarray((np.asarray(good.convert("L"), np.uint16) * 257)).save(folder / "deep16.png")
+    good.resize((20, 15)).save(folder / "tiny.jpg", "JPEG")
+    png_bomb(folder / "bomb.png")
+    return {"zero.jpg": "skip", "truncated.jpg": "skip", "text.jpg": "skip", "bomb.png": "skip",
+            "cmyk.jpg": "ok", "gray.jpg": "ok", "palette.png": "ok", "rgba.png": "ok", "deep16.png": "ok",
+            "tiny.jpg": "ok"}

@@ -1,0 +1,322 @@
+"""Data sources, shards, Fashion-MNIST, colour statistics, and the training loader (PAPER.md sections 2-3)."""
+import gzip
+import hashlib
+import io
+import logging
+import threading
+from functools import partial
+from http.server import HTTPServer, SimpleHTTPRequestHandler
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from verydeep.data import (EpochSampler, ImageFolder, ImageList, LoaderConfig, ShardStream, TarShards, TrainLoader,
+                           open_source, pack, parse_voc)
+from verydeep.data import fashion_mnist as fm
+from verydeep.data import stats as colour
+from verydeep.errors import UserError
+from verydeep.transforms import TrainTransform
+from imagegen import bad_files, imagenet_folder, photo, voc_xml, write_jpeg
+
+SMALL = TrainTransform(64, 96, crop=64)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return imagenet_folder(tmp_path / "train")
+
+
+def test_image_folder_layout(folder):
+    src = ImageFolder(folder)
+    assert src.classes == ["n01", "n02", "n03"] and len(src) == 18
+    assert np.bincount(src.labels()).tolist() == [6, 6, 6]
+    s = src.read(7)
+    assert s.label == 1 and s.path.endswith("n02_1.JPEG") and s.image[:2] == b"\xff\xd8"
+    assert s.boxes.shape == (0, 4)
+
+
+def test_empty_class_folder_is_kept_and_logged(folder, caplog):
+    (folder / "n00_empty").mkdir()
+    with caplog.at_level(logging.WARNING, "verydeep.data"):
+        src = ImageFolder(folder)
+    assert src.classes[0] == "n00_empty" and 0 not in src.labels()
+    assert "empty class folder" in caplog.text
+
+
+def test_voc_boxes_beside_images_and_in_a_boxes_dir(folder, tmp_path):
+    voc_xml(folder / "n01" / "n01_0.xml", 120, 90, [("n01", (10, 20, 50, 60)), ("dog", (0, 0, 5, 5))])
+    boxes_dir = tmp_path / "Annotations"
+    (boxes_dir / "n02").mkdir(parents=True)
+    voc_xml(boxes_dir / "n02" / "n02_3.xml", 90, 120, [("n02", (1, 2, 3, 4))])
+    src = ImageFolder(folder, boxes_dir=boxes_dir)
+    s = src.read(0)
+    assert s.boxes.tolist() == [[10, 20, 50, 60], [0, 0, 5, 5]] and s.box_labels.tolist() == [0, -1]
+    assert s.size == (120, 90)
+    assert src.read(9).boxes.tolist() == [[1, 2, 3, 4]] and src.read(9).box_labels.tolist() == [1]
+
+
+def test_voc_parse_errors(tmp_path):
+    (tmp_path / "bad.xml").write_text("<annotation><object><bndbox><xmin>a</xmin></bndbox></object></annotation>")
+    with pytest.raises(ValueError, match="non-numeric"):
+        parse_voc(tmp_path / "bad.xml")
+
+
+def test_flat_folder_with_labels_file(tmp_path):
+    d = tmp_path / "val"
+    for i in range(4):
+        write_jpeg(d / f"ILSVRC2012_val_{i:08d}.JPEG", photo(50, 40, i))
+    (d / "labels.txt").write_text("\n".join(f"ILSVRC2012_val_{i:08d}.JPEG n0{i % 2 + 1}" for i in range(4)))
+    src = open_source(d, classes=["n01", "n02"])
+    assert isinstance(src, ImageList) and src.labels().tolist() == [0, 1, 0, 1]
+    # ILSVRC devkit ground truth: one 1-based label per line, for the sorted image names.
+    (tmp_path / "gt.txt").write_text("3\n1\n2\n3\n")
+    src = ImageList(d, tmp_path / "gt.txt", classes=["a", "b", "c"], one_based=True)
+    assert src.labels().tolist() == [2, 0, 1, 2]
+    (tmp_path / "short.txt").write_text("1\n2\n")
+    with pytest.raises(UserError, match="2 labels for 4 images"):
+        ImageList(d, tmp_path / "short.txt")
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: p / "missing", "no such dataset folder"),
+    (lambda p: (p / "f.txt").write_text("x") and p / "f.txt", "not a directory"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "no class folders"),
+    (lambda p: (p / "e" / "c1").mkdir(parents=True) or p / "e", "no images found"),
+])
+def test_missing_and_empty_datasets_are_one_line_errors(tmp_path, make, match):
+    with pytest.raises(UserError, match=match) as e:
+        ImageFolder(make(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+def test_pack_and_read_shards(folder, tmp_path):
+    voc_xml(folder / "n01" / "n01_0.xml", 120, 90, [("n01", (10, 20, 50, 60))])
+    src = ImageFolder(folder)
+    index = pack(src, tmp_path / "shards", shard_size="5", progress=False)
+    assert [s["count"] for s in index["shards"]] == [5, 5, 5, 3]
+    shards = open_source(tmp_path / "shards")
+    assert isinstance(shards, TarShards) and len(shards) == 18 and shards.classes == src.classes
+    assert shards.labels().tolist() == src.labels().tolist()
+    for i in (0, 7, 17):  # random access equals the source
+        a, b = shards.read(i), src.read(i)
+        assert a.image == b.image and a.label == b.label and a.boxes.tolist() == b.boxes.tolist()
+    streamed = list(shards.iterate())
+    assert [i for i, _ in streamed] == list(range(18))
+    assert all(s.image == src.read(i).image for i, s in streamed)
+    by_bytes = pack(src, tmp_path / "s2", shard_size="8KB", progress=False)
+    assert len(by_bytes["shards"]) > 1
+
+
+def test_shard_stream_covers_every_sample(folder, tmp_path):
+    pack(ImageFolder(folder), tmp_path / "shards", shard_size=4, progress=False)
+    ds = ShardStream(TarShards(tmp_path / "shards"), SMALL, seed=0, buffer=5)
+    items = list(ds)
+    assert sorted(i for *_, i in items) == list(range(18))
+    ds.set_epoch(1)
+    assert [i for *_, i in ds] != [i for *_, i in items]  # reshuffled per epoch
+
+
+def test_shard_size_parsing():
+    from verydeep.data.shards import parse_shard_size
+    assert parse_shard_size("1000") == (1000, None) and parse_shard_size("512MB") == (None, 512 * 2**20)
+    with pytest.raises(UserError):
+        parse_shard_size("lots")
+
+
+def batches(loader, epoch=0):
+    return [(b.images.clone(), b.labels.clone(), b.shifts.clone(), b.indices.clone()) for b in loader.epoch(epoch)]
+
+
+def test_same_seed_same_crops_across_worker_counts(folder):
+    src = ImageFolder(folder)
+    runs = [batches(TrainLoader(src, SMALL, LoaderConfig(batch_size=4, workers=w, seed=3))) for w in (0, 1, 2)]
+    for other in runs[1:]:
+        assert len(other) == len(runs[0])
+        for a, b in zip(runs[0], other):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
+    different = batches(TrainLoader(src, SMALL, LoaderConfig(batch_size=4, workers=0, seed=4)))
+    assert not torch.equal(different[0][0], runs[0][0][0])
+    epoch1 = batches(TrainLoader(src, SMALL, LoaderConfig(batch_size=4, workers=0, seed=3)), epoch=1)
+    assert not torch.equal(epoch1[0][3], runs[0][0][3])
+
+
+def test_ranks_split_the_global_batch_exactly(folder):
+    src = ImageFolder(folder)
+    whole = batches(TrainLoader(src, SMALL, LoaderConfig(batch_size=8, workers=0)))
+    parts = [batches(TrainLoader(src, SMALL, LoaderConfig(batch_size=4, workers=0), rank=r, world=2))
+             for r in (0, 1)]
+    for k, (img, lab, sh, idx) in enumerate(whole):
+        got = {int(i): im for p in parts for im, i in zip(p[k][0], p[k][3])}
+        assert sorted(got) == sorted(idx.tolist())
+        for im, i in zip(img, idx):
+            assert torch.equal(got[int(i)], im)  # the same crop of the same image
+
+
+def test_sampler_resume_skips_consumed_samples():
+    s = EpochSampler(20, seed=1)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_epoch(2, skip=8)
+    assert list(s) == full[8:] and len(s) == 12
+
+
+def test_bad_inputs_never_stop_an_epoch(folder, caplog):
+    expected = bad_files(folder / "n02")
+    src = ImageFolder(folder)
+    loader = TrainLoader(src, SMALL, LoaderConfig(batch_size=4, workers=2, drop_last=False, max_skip_fraction=0.5))
+    with caplog.at_level(logging.WARNING, "verydeep.data"):
+        seen = sum(len(b.labels) for b in loader.epoch(0))
+        list(loader.epoch(1))  # second epoch: paths are not logged again
+    n_skip = sum(v == "skip" for v in expected.values())
+    assert seen == len(src) - n_skip
+    summary = loader.skips.summary()
+    assert f"{n_skip} skipped" in summary and "not an image" in summary and "decompression bomb" in summary
+    for name, outcome in expected.items():
+        assert (caplog.text.count(name + ": skipped") == 1) == (outcome == "skip"), name
+
+
+def test_too_many_bad_images_fail_with_a_clear_message(folder):
+    bad_files(folder / "n02")
+    loader = TrainLoader(ImageFolder(folder), SMALL, LoaderConfig(batch_size=4, workers=0, drop_last=False))
+    with pytest.raises(UserError, match=r"unusable images .* pass the 1.00% limit"):
+        list(loader.epoch(0))
+
+
+def test_unreadable_file_is_skipped(folder, monkeypatch):
+    import builtins
+
+    import verydeep.transforms as T
+
+    target = str(folder / "n01" / "n01_2.JPEG")
+
+    def fake_open(path, *a, **kw):
+        if str(path) == target:
+            raise PermissionError(13, "Permission denied")
+        return builtins.open(path, *a, **kw)
+
+    monkeypatch.setattr(T, "open", fake_open, raising=False)
+    loader = TrainLoader(ImageFolder(folder), SMALL, LoaderConfig(batch_size=6, workers=0, drop_last=False,
+                                                                 max_skip_fraction=0.2))
+    seen = [b for b in loader.epoch(0)]
+    assert sum(len(b.skips) for b in seen) == 1 and seen and "1 permission denied" in loader.skips.summary()
+
+
+def test_colour_stats_on_known_colours(tmp_path):
+    for c, rgb in enumerate([(10, 20, 30), (50, 60, 70)]):
+        for i in range(3):
+            (tmp_path / "d" / f"c{c}").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 30), rgb).save(tmp_path / "d" / f"c{c}" / f"{i}.png")
+    st = colour.compute(ImageFolder(tmp_path / "d"), progress=False)
+    np.testing.assert_allclose(st.mean, (30, 40, 50), atol=1e-9)
+    # Two colours in equal amounts: covariance 0.25 d d^T, d = (40, 40, 40): one eigenvalue 1200, along (1,1,1).
+    np.testing.assert_allclose(st.eigval, (1200, 0, 0), atol=1e-6)
+    np.testing.assert_allclose(np.abs(np.asarray(st.eigvec)[:, 0]), np.full(3, 3 ** -0.5), atol=1e-9)
+    path = colour.default_path(ImageFolder(tmp_path / "d"))
+    assert path == tmp_path / "d" / "verydeep_stats.json"
+    colour.save(st, path)
+    assert colour.load(path) == st
+    ImageFolder(tmp_path / "d")  # the stats file beside the data is not mistaken for a class
+
+
+def test_data_cli_stats_and_pack(folder, tmp_path, capsys):
+    from verydeep.cli import main
+    assert main(["data", "stats", str(folder.parent)]) == 0
+    assert (folder / "verydeep_stats.json").is_file()
+    assert main(["data", "pack", str(folder), str(tmp_path / "sh"), "--shard-size", "10"]) == 0
+    assert "wrote 18 samples in 2 shards" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- Fashion-MNIST
+def idx_bytes(arr):
+    header = b"\0\0\x08" + bytes([arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    return header + arr.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def fake_fmnist(monkeypatch, tmp_path):
+    """Small generated IDX files standing in for Fashion-MNIST, with their checksums registered."""
+    rng = np.random.default_rng(0)
+    files = {"train-images-idx3-ubyte": rng.integers(0, 255, (12, 28, 28)),
+             "train-labels-idx1-ubyte": np.arange(12) % 10,
+             "t10k-images-idx3-ubyte": rng.integers(0, 255, (5, 28, 28)),
+             "t10k-labels-idx1-ubyte": np.arange(5) % 10}
+    raw = {k: idx_bytes(v) for k, v in files.items()}
+    monkeypatch.setattr(fm, "FILES", {k: (hashlib.sha256(v).hexdigest(), len(v)) for k, v in raw.items()})
+    monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setenv("VERYDEEP_DATA", str(tmp_path / "data"))
+    fm.load_arrays.cache_clear()
+    yield raw
+    fm.load_arrays.cache_clear()
+
+
+def test_parse_idx_rejects_malformed():
+    good = idx_bytes(np.zeros((2, 3, 3)))
+    assert fm.parse_idx(good).shape == (2, 3, 3)
+    with pytest.raises(UserError, match="IDX header says"):
+        fm.parse_idx(good[:-1])
+    with pytest.raises(UserError, match="not an unsigned-byte IDX"):
+        fm.parse_idx(b"\x89PNG....")
+
+
+def test_fashion_mnist_found_in_verydeep_data(fake_fmnist, tmp_path):
+    d = tmp_path / "data" / "fashion-mnist"
+    d.mkdir(parents=True)
+    for k, v in fake_fmnist.items():
+        (d / f"{k}.gz").write_bytes(gzip.compress(v))
+    src = open_source("fashion-mnist:test")
+    assert len(src) == 5 and src.classes[0] == "T-shirt/top"
+    s = src.read(2)
+    assert s.label == 2 and s.image.size == (28, 28)
+    out, _ = TrainTransform(32, 40, crop=32)(s.image, np.random.default_rng(0))
+    assert out.shape == (3, 32, 32)
+
+
+def test_fashion_mnist_download_checks_sha256(fake_fmnist, tmp_path):
+    served = tmp_path / "server"
+    served.mkdir()
+    for k, v in fake_fmnist.items():
+        (served / f"{k}.gz").write_bytes(gzip.compress(v))
+    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    httpd = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_port}/"
+    try:
+        path = fm.download("train-labels-idx1-ubyte", base_url=base)
+        assert path.parent == tmp_path / "data" / "fashion-mnist" and gzip.decompress(path.read_bytes()) == \
+            fake_fmnist["train-labels-idx1-ubyte"]
+        (served / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01" + b"\0" * 10))
+        with pytest.raises(UserError, match="SHA-256 mismatch"):
+            fm.download("t10k-labels-idx1-ubyte", base_url=base)
+        assert not (tmp_path / "data" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").exists()
+        with pytest.raises(UserError, match="cannot download"):
+            fm.download("t10k-images-idx3-ubyte", base_url=f"http://127.0.0.1:{httpd.server_port}/nowhere/")
+    finally:
+        httpd.shutdown()
+
+
+def test_fashion_mnist_download_with_fake_opener(fake_fmnist):
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    urls = []
+
+    def opener(url, timeout):
+        urls.append(url)
+        return Response(gzip.compress(fake_fmnist["t10k-images-idx3-ubyte"]))
+
+    fm.download("t10k-images-idx3-ubyte", opener=opener)
+    assert urls == [fm.URL + "t10k-images-idx3-ubyte.gz"]
+
+
+@pytest.mark.skipif(fm.find("t10k-labels-idx1-ubyte") is None, reason="Fashion-MNIST not installed")
+def test_real_fashion_mnist_checksums():
+    images, labels = fm.load_arrays("test", allow_download=False)
+    assert images.shape == (10000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
