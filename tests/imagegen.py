@@ -71,3 +71,30 @@ def bad_files(folder):
     return {"zero.jpg": "skip", "truncated.jpg": "skip", "text.jpg": "skip", "bomb.png": "skip",
             "cmyk.jpg": "ok", "gray.jpg": "ok", "palette.png": "ok", "rgba.png": "ok", "deep16.png": "ok",
             "tiny.jpg": "ok"}
+
+
+def pattern_dataset(root, per_class=24, val_per_class=8, size=(48, 40), seed=0):
+    """Three learnable classes (horizontal stripes, vertical stripes, checkerboard) in random colours, phases and
+    periods, as an ImageNet-layout folder with train/ and val/."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = ["horizontal", "vertical", "checker"]
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for c, name in enumerate(names):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                w, h = size if i % 2 == 0 else size[::-1]
+                period = int(rng.integers(6, 12))
+                yy, xx = np.mgrid[0:h, 0:w]
+                phase = int(rng.integers(0, period))
+                if c == 0:
+                    on = ((yy + phase) // (period // 2)) % 2
+                elif c == 1:
+                    on = ((xx + phase) // (period // 2)) % 2
+                else:
+                    on = (((yy + phase) // (period // 2)) + ((xx + phase) // (period // 2))) % 2
+                a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+                img = np.where(on[..., None] == 1, a, b) + rng.normal(0, 10, (h, w, 3))
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{name}_{i}.png")
+    return root

@@ -6,7 +6,6 @@ import logging
 import threading
 from functools import partial
 from http.server import HTTPServer, SimpleHTTPRequestHandler
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,8 +210,8 @@ def test_colour_stats_on_known_colours(tmp_path):
             Image.new("RGB", (40, 30), rgb).save(tmp_path / "d" / f"c{c}" / f"{i}.png")
     st = colour.compute(ImageFolder(tmp_path / "d"), progress=False)
     np.testing.assert_allclose(st.mean, (30, 40, 50), atol=1e-9)
-    # Two colours in equal amounts: covariance 0.25 d d^T, d = (40, 40, 40): one eigenvalue 1200, along (1,1,1).
-    np.testing.assert_allclose(st.eigval, (1200, 0, 0), atol=1e-6)
+    # Two colours in equal amounts: covariance 0.25 d d^T, d = (40, 40, 40) / 255: one eigenvalue, along (1,1,1).
+    np.testing.assert_allclose(st.eigval, (1200 / 255**2, 0, 0), atol=1e-9)
     np.testing.assert_allclose(np.abs(np.asarray(st.eigvec)[:, 0]), np.full(3, 3 ** -0.5), atol=1e-9)
     path = colour.default_path(ImageFolder(tmp_path / "d"))
     assert path == tmp_path / "d" / "verydeep_stats.json"

@@ -91,7 +91,7 @@ def test_flip_is_exact_mirror():
 
 
 def test_pca_colour_shift_statistics():
-    eigval = (55.46, 4.794, 1.148)  # AlexNet-like magnitudes
+    eigval = (0.2175, 0.0188, 0.0045)  # ImageNet's, [0, 1] units
     eigvec = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
     t = TrainTransform(256, 256, eigval=eigval, eigvec=tuple(map(tuple, eigvec)))
     rng = np.random.default_rng(0)
@@ -106,7 +106,7 @@ def test_pca_colour_shift_statistics():
 
 def test_mean_subtraction_and_shift_in_one_place():
     images = torch.full((2, 3, 4, 4), 100, dtype=torch.uint8)
-    shifts = torch.tensor([[10.0, 0, 0], [0, 0, -5.0]])
+    shifts = torch.tensor([[10.0, 0, 0], [0, 0, -5.0]]) / 255  # [0, 1] units
     x = to_model_input(images, shifts, vd.VERYDEEP)
     mean = torch.tensor(vd.VERYDEEP.mean)
     torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([110.0, 100, 100]) - mean, atol=1e-4, rtol=0)

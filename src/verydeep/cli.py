@@ -93,28 +93,124 @@ def _labels(args, model) -> list[str]:
 def cmd_predict(args) -> int:
     import torch
 
-    from .evaluate import predict_image
+    from .evaluate import parse_scales, predict_image
     from .transforms import load_rgb
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model = _load_model(args).eval()
     names = _labels(args, model)
+    scales = parse_scales(args.scales, model)
     results = []
     for image in args.images:
         t0 = time.perf_counter()
-        p = predict_image(model, load_rgb(image), args.protocol, args.scale)
+        p = predict_image(model, load_rgb(image), args.protocol, scales, args.precision)
         top = p.topk(min(args.top, p.numel()))
-        entry = {"image": str(image), "seconds": round(time.perf_counter() - t0, 4),
+        entry = {"image": str(image), "protocol": args.protocol, "scales": scales,
+                 "seconds": round(time.perf_counter() - t0, 4),
                  "top": [{"class": int(i), "name": names[int(i)], "probability": round(float(v), 6)}
                          for v, i in zip(top.values, top.indices)]}
         results.append(entry)
         if not args.json:
-            print(f"{image}  ({args.protocol}, {entry['seconds']:.2f} s)")
+            print(f"{image}  ({args.protocol}, Q={','.join(map(str, scales))}, {entry['seconds']:.2f} s)")
             for r in entry["top"]:
                 print(f"  {r['probability']:8.4f}  {r['class']:>4}  {r['name']}")
     if args.json:
         print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import logging
+
+    import numpy as np
+    import torch
+
+    from .data import Subset, open_source
+    from .evaluate import (PROTOCOLS, Evaluator, Posteriors, format_table, measure, parse_scales,
+                           train_scale_text)
+    from .weights import load
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    protocols = list(PROTOCOLS) if args.protocol == "all" else args.protocol.split(",")
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad:
+        raise UserError(f"--protocol {bad[0]!r}: choose from {', '.join(PROTOCOLS)} or all")
+    train_scale = None
+    if args.train_scale:
+        v = [int(x) for x in args.train_scale.split(",")]
+        train_scale = (v[0], v[-1])
+    rows, fused, names = [], [], []
+    posts = [Posteriors.load(p) for p in args.fuse or []]
+    source = None
+    if args.weights:
+        if not args.data:
+            raise UserError("give --data (a dataset folder, labels-file folder, shards or fashion-mnist:test)")
+        source = open_source(args.data, split=args.split)
+        if args.limit:
+            source = Subset(source, range(min(args.limit, len(source))), f"first {args.limit}")
+    for w in args.weights or []:
+        model = load(w, args.model)
+        if model.config.num_classes != len(source.classes):
+            raise UserError(f"{w}: a {model.config.num_classes}-class net, {args.data} has "
+                            f"{len(source.classes)} classes")
+        if model.class_names and list(model.class_names) != list(source.classes) and set(model.class_names) == \
+                set(source.classes):
+            raise UserError(f"{w}: class order differs from {args.data}'s")
+        scales = parse_scales(args.scales, model, train_scale)
+        ev = Evaluator(model, args.device, args.batch_size, args.workers, args.precision, args.channels_last,
+                       progress=not args.no_progress)
+        post = ev.run(source, protocols, scales)
+        name = Path(w).stem
+        names.append(name)
+        per_image = ev.seconds / max(int(post.valid.sum()), 1) if len(protocols) == 1 else None
+        for p in protocols:
+            rows.append(measure(post.combine(p, scales), post, name, train_scale_text(model), scales, p,
+                                per_image))
+            if len(scales) > 1 and args.per_scale:
+                for q in scales:
+                    rows.append(measure(post.combine(p, [q]), post, name, train_scale_text(model), [q], p))
+        if args.posteriors:
+            out = Path(args.posteriors if len(args.weights) == 1 else f"{args.posteriors}.{name}.npz")
+            post.save(out)
+            print(f"wrote per-image posteriors to {out}")
+        posts.append(post)
+        fused.append((scales, post))
+    if len(posts) > 1:
+        for p in protocols:
+            members = []
+            for post in posts:
+                qs = sorted({q for (pp, q) in post.probs if pp in (("dense", "multicrop") if p == "dense+multicrop"
+                                                                 else (p,))})
+                members.append(post.combine(p, qs))
+            base = posts[0]
+            if any(len(post.labels) != len(base.labels) or (post.labels != base.labels).any() for post in posts):
+                raise UserError("fusion needs posteriors of the same images in the same order")
+            rows.append(measure(np.mean(members, 0), base, "fusion(" + "+".join(names or map(str, range(len(posts))))
+                                + ")", "-", [], p))
+    if not rows:
+        raise UserError("nothing to evaluate: give --weights (and --data), or --fuse posteriors files")
+    print(format_table(rows, "text"))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for fmt, ext in (("markdown", ".md"), ("csv", ".csv"), ("json", ".json")):
+            out.with_suffix(ext).write_text(format_table(rows, fmt) + "\n")
+        print(f"wrote {out.with_suffix('.md')}, .csv, .json")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .evaluate import explain
+    from .transforms import load_rgb
+
+    model = _load_model(args).eval()
+    out = Path(args.out or Path(args.image).with_suffix(".explain.png").name)
+    r = explain(model, load_rgb(args.image), out, args.scale, _labels(args, model))
+    print(f"{args.image}: {r['name']} (p = {r['probability']:.3f}), score map {r['map'][0]}x{r['map'][1]}; "
+          f"wrote {r['png']}")
     return 0
 
 
@@ -175,50 +271,50 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .metrics import plot
+
+    print(f"wrote {plot(Path(args.run_dir), Path(args.out) if args.out else None)}")
+    return 0
+
+
 def cmd_demo(args) -> int:
-    """The README's main job until training lands: Table 2, then one image through every path of the foundation."""
-    import tempfile
+    """The README's main job: Table 2, then a real training run on Fashion-MNIST (found on the machine or
+    downloaded with checksums) with the paper's recipe at a small scale, then the paper's test protocols."""
+    import logging
 
-    import torch
+    from .data import Subset, open_source
+    from .evaluate import Evaluator, format_table, measure, train_scale_text
+    from .train import make_config, train
+    from .weights import load
 
-    from .evaluate import predict_image
-    from .export import check_onnx, export_onnx
-    from .models import vgg
-    from .transforms import load_rgb, rescale, to_tensor
-    from .weights import load, save
-
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     cmd_info(argparse.Namespace(name=None))
-    image_path = Path(args.image) if args.image else None
-    if image_path is None:
-        try:  # a real photograph that a dependency ships
-            import sklearn.datasets as skd
-
-            image_path = Path(skd.__file__).parent / "images" / "china.jpg"
-        except ImportError:
-            pass
-    if image_path is None or not image_path.exists():
-        raise UserError("no demo image: pass --image FILE")
-    print(f"\nVGG-16 (config D), Glorot random init (no trained weights ship with verydeep), on {image_path}")
-    torch.manual_seed(0)
-    model = vgg("D", init="glorot").eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        save(model, Path(tmp) / "d.safetensors")
-        model = load(Path(tmp) / "d.safetensors").eval()
-        print(f"  saved + reloaded verydeep format in {time.perf_counter() - t0:.1f} s")
-        img = load_rgb(image_path)
-        for protocol in ("center", "dense"):
-            t0 = time.perf_counter()
-            p = predict_image(model, img, protocol, 256)
-            print(f"  {protocol:<6} Q=256: top-1 class {int(p.argmax())}, p={float(p.max()):.4f}, "
-                  f"{time.perf_counter() - t0:.2f} s")
-        x = model.preprocess(to_tensor(rescale(img, 256))[None])
-        print(f"  dense score map at Q=256: {tuple(model.score_map(x).shape)} (classes, h, w)")
-        t0 = time.perf_counter()
-        onnx_path = export_onnx(model, Path(tmp) / "d_scores.onnx", graph="score_map")
-        err = check_onnx(model, onnx_path, x, "score_map")
-        print(f"  ONNX score-map graph (dynamic H, W) vs ONNX Runtime: max relative difference {err:.1e} "
-              f"({time.perf_counter() - t0:.1f} s)")
+    run_dir = Path(args.run_dir)
+    print(f"\n== training net A (width 1/4, FC 256, 32x32 crops, S = 37, i.e. the paper's 256 at this crop) on "
+          f"Fashion-MNIST for {args.epochs} epoch(s) -> {run_dir}")
+    cfg = make_config({"data": "fashion-mnist", "model": "A", "width": 0.25, "fc_width": 256, "crop": 32,
+                       "batch_size": 64, "init": "glorot", "lr": 0.01, "max_epochs": args.epochs,
+                       "run_dir": run_dir, "force": True, "workers": 2, "progress": not args.no_progress})
+    t0 = time.perf_counter()
+    train(cfg)
+    print(f"trained in {time.perf_counter() - t0:.0f} s")
+    model = load(run_dir / "model.safetensors")
+    test = open_source("fashion-mnist:test")
+    test = Subset(test, range(min(args.images, len(test))), f"first {args.images}")
+    print(f"\n== evaluating on {len(test)} Fashion-MNIST test images with the paper's protocols (section 3)")
+    rows = []
+    for scales in ([37], [32, 37, 42]):
+        ev = Evaluator(model, batch_size=64, workers=2, progress=not args.no_progress)
+        post = ev.run(test, ["center", "dense", "multicrop", "dense+multicrop"], scales)
+        for p in ("center", "dense", "multicrop", "dense+multicrop"):
+            rows.append(measure(post.combine(p, scales), post, "A/4", train_scale_text(model), scales, p))
+        print(f"Q = {','.join(map(str, scales))}: {ev.forward_images} net passes (crops or whole images) in "
+              f"{ev.seconds:.1f} s")
+    print(format_table(rows))
+    (run_dir / "evaluation.md").write_text(format_table(rows, "markdown") + "\n")
+    print(f"\nwrote {run_dir / 'evaluation.md'}; curves: verydeep plot {run_dir}; predictions: verydeep predict "
+          f"--weights {run_dir / 'model.safetensors'} IMAGE")
     return 0
 
 
@@ -240,15 +336,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="model name (A ... E, vgg16, ...); optional for verydeep weight files")
     s.add_argument("--weights", help="torchvision .pth, Keras .h5, Caffe .caffemodel or verydeep .safetensors")
     s.add_argument("--labels", help="class names, one per line (default: from the weights, or ImageNet's)")
-    s.add_argument("--protocol", choices=("dense", "center"), default="dense",
+    s.add_argument("--protocol", choices=("dense", "center", "multicrop", "dense+multicrop"), default="dense",
                    help="dense: whole image through the fully-convolutional net + flip (the paper's); "
-                        "center: one central crop (the peers')")
-    s.add_argument("--scale", type=int, help="test scale Q, the smallest side (default 256 for a 224 crop)")
+                        "center: one central crop (the peers'); multicrop: 5x5 grid x 2 flips")
+    s.add_argument("--scales", help="test scales Q, e.g. 256,384,512, or auto / auto-multi (the paper's rules "
+                                    "from the training scale); default 256 for a 224 crop")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     s.add_argument("--top", type=int, default=5)
     s.add_argument("--json", action="store_true", help="print JSON")
     s.add_argument("--threads", type=int, help="CPU threads")
     _add_model_options(s)
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("evaluate", help="the paper's test protocols over a dataset, with top-1/top-5 error tables")
+    s.add_argument("--model", help="model name; optional for verydeep weights and checkpoints")
+    s.add_argument("--weights", "--checkpoint", action="append", help="weights or checkpoint; repeat to fuse nets")
+    s.add_argument("--data", help="dataset folder (its --split), labels-file folder, shards, fashion-mnist:test")
+    s.add_argument("--split", default="val")
+    s.add_argument("--protocol", default="dense", help="center, dense, multicrop, dense+multicrop (comma list) "
+                                                       "or all")
+    s.add_argument("--scales", help="e.g. 256,384,512; auto (Q = S or 0.5 (Smin + Smax)); auto-multi "
+                                    "({S-32, S, S+32} or {Smin, mid, Smax})")
+    s.add_argument("--train-scale", help="S or Smin,Smax, for --scales auto when the weights do not record it")
+    s.add_argument("--per-scale", action="store_true", help="also a row per single scale")
+    s.add_argument("--fuse", nargs="+", help="posteriors files (.npz) from earlier runs to fuse")
+    s.add_argument("--posteriors", help="write per-image posteriors (.npz) for later fusion")
+    s.add_argument("--out", help="write the table as OUT.md, OUT.csv and OUT.json")
+    s.add_argument("--limit", type=int, help="evaluate the first N images only")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    s.add_argument("--channels-last", action="store_true")
+    s.add_argument("--threads", type=int)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("explain", help="PNG of an image with the top class's dense score map overlaid")
+    s.add_argument("image")
+    s.add_argument("--model")
+    s.add_argument("--weights")
+    s.add_argument("--labels")
+    s.add_argument("--scale", type=int, help="test scale Q")
+    s.add_argument("--out", help="PNG path (default IMAGE.explain.png here)")
+    _add_model_options(s)
+    s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("export", help="export to ONNX (checked with ONNX Runtime) or verydeep's format")
     s.add_argument("--model")
@@ -259,6 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--with-preprocess", action="store_true", help="bake preprocessing in: input RGB in [0, 1]")
     _add_model_options(s)
     s.set_defaults(func=cmd_export)
+
+    from . import config as config_mod
+    from .train import TrainConfig
+
+    s = sub.add_parser("train", help="train with the paper's recipe (torchrun for several processes)",
+                       description=sys.modules["verydeep.train"].__doc__ + "\n\nstages: scratch | s384 | jitter",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--config", help="a .toml, .yaml or .json file of the options below (command line wins)")
+    config_mod.add_arguments(s, TrainConfig)
+    s.set_defaults(func=lambda a: __import__("verydeep.train", fromlist=["main_cli"]).main_cli(a))
+
+    s = sub.add_parser("plot", help="PNG curves of a run: loss, top-1/top-5 error, learning rate")
+    s.add_argument("run_dir")
+    s.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    s.set_defaults(func=cmd_plot)
 
     s = sub.add_parser("data", help="datasets: colour statistics, tar shards, Fashion-MNIST")
     dsub = s.add_subparsers(dest="data_command", required=True)
@@ -274,8 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("fashion-mnist", help="find (or download, SHA-256 checked) Fashion-MNIST")
     s.set_defaults(func=cmd_data)
 
-    s = sub.add_parser("demo", help="Table 2 and one image through models, weights, dense scoring and ONNX")
-    s.add_argument("--image", help="image file (default: scikit-learn's sample photo)")
+    s = sub.add_parser("demo", help="Table 2, a real training run on Fashion-MNIST, the paper's test protocols")
+    s.add_argument("--run-dir", default="runs/demo")
+    s.add_argument("--epochs", type=int, default=1)
+    s.add_argument("--images", type=int, default=2000, help="test images to evaluate")
+    s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_demo)
     return p
 

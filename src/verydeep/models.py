@@ -162,6 +162,49 @@ def config_name(cfg: VGGConfig) -> str:
     return cfg.config + ("-LRN" if cfg.lrn else "") + ("_bn" if cfg.batch_norm else "")
 
 
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """murmur3's 32-bit finaliser on int64 tensors holding uint32 values (products wrap; the low 32 bits stay exact)."""
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & _M32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & _M32
+    return h ^ (h >> 16)
+
+
+class KeyedDropout(nn.Dropout):
+    """Dropout (p = 0.5 on fc6/fc7, section 2) whose mask for a sample is a hash of (salt, sample key, unit).
+
+    The trainer sets ``keys`` (the samples' dataset indices) and ``salt`` (seed, step, layer) before each forward, so a
+    sample's mask does not depend on which micro-batch or which process it lands in: accumulated micro-batches and
+    data-parallel ranks give exactly the single-process update (section 3.3). Without keys it is plain dropout."""
+
+    keys: torch.Tensor | None = None
+    salt: int = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or self.keys is None:
+            return super().forward(x)
+        if self.keys.numel() != x.shape[0]:
+            raise ValueError(f"dropout keys for {self.keys.numel()} samples, batch has {x.shape[0]}")
+        units = x[0].numel()
+        base = _mix32((self.keys.to(x.device, torch.int64) & _M32) ^ (self.salt & _M32))
+        idx = torch.arange(units, device=x.device, dtype=torch.int64) * 0x9E3779B9
+        u = _mix32((base[:, None] + idx[None, :]) & _M32).to(torch.float32) * (1.0 / 2**32)
+        keep = (u >= self.p).view_as(x)
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+
+def set_dropout_keys(model: nn.Module, keys: torch.Tensor | None, seed: int = 0, step: int = 0) -> None:
+    """Key every KeyedDropout of a model for this batch (None: plain dropout)."""
+    layers = [m for m in model.modules() if isinstance(m, KeyedDropout)]
+    for j, m in enumerate(layers):
+        m.keys = keys
+        m.salt = int(_mix32(torch.tensor([(seed * 1_000_003 + step * 7919 + j) & _M32]))[0])
+
+
 class VGG(nn.Module):
     """A VGG net of any configuration. ``model(x)`` takes crops of ``config.crop_size``; ``score_map(x)`` takes any
     image at least that large and applies the FC layers as convolutions (PAPER.md section 3, dense evaluation)."""
@@ -171,6 +214,7 @@ class VGG(nn.Module):
         self.config = config
         self.input_convention = preprocess or VERYDEEP
         self.class_names: list[str] | None = None  # label names, saved with verydeep weights
+        self.train_scale: tuple[int, int] | None = None  # (Smin, Smax) it was trained at, for --scales auto
         if len(self.input_convention.mean) != config.in_channels:
             self.input_convention = Preprocess("RGB", 255.0, (128.0,) * config.in_channels,
                                                (1.0,) * config.in_channels)
@@ -199,8 +243,8 @@ class VGG(nn.Module):
         k = config.head_kernel
         fc = config.fc_width
         self.classifier = nn.Sequential(
-            nn.Linear(c_in * k * k, fc), nn.ReLU(inplace=True), nn.Dropout(config.dropout),
-            nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Dropout(config.dropout),
+            nn.Linear(c_in * k * k, fc), nn.ReLU(inplace=True), KeyedDropout(config.dropout),
+            nn.Linear(fc, fc), nn.ReLU(inplace=True), KeyedDropout(config.dropout),
             nn.Linear(fc, config.num_classes),
         )
         self.feature_names = names

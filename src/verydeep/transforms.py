@@ -175,7 +175,7 @@ class TrainTransform:
     crop: int = 224
     flip: bool = True
     colour_std: float = 0.1
-    eigval: tuple[float, float, float] | None = None   # RGB covariance eigenvalues (0-255 units)
+    eigval: tuple[float, float, float] | None = None   # eigenvalues of the RGB covariance of [0, 1] pixels
     eigvec: tuple[tuple[float, ...], ...] | None = None  # columns are eigenvectors
 
     def __post_init__(self):
@@ -188,7 +188,7 @@ class TrainTransform:
         return int(rng.integers(self.scale_min, self.scale_max + 1))
 
     def colour_shift(self, rng: np.random.Generator) -> np.ndarray:
-        """AlexNet's PCA colour augmentation: sum_i alpha_i * lambda_i * p_i, alpha_i ~ N(0, 0.1); RGB, 0-255 units."""
+        """AlexNet's PCA colour augmentation: sum_i alpha_i * lambda_i * p_i, alpha_i ~ N(0, 0.1); RGB, [0, 1] units."""
         if self.eigval is None or self.colour_std <= 0:
             return np.zeros(3, np.float32)
         alpha = rng.normal(0.0, self.colour_std, 3)
@@ -224,7 +224,7 @@ def to_model_input(images: torch.Tensor, shifts: torch.Tensor | None, preprocess
     shift, then the model's preprocessing (mean subtraction, section 1). Run it on the device."""
     x = images.float().div_(255.0)
     if shifts is not None:
-        x = x + shifts.to(x.dtype).view(-1, 3, 1, 1) / 255.0
+        x = x + shifts.to(x.dtype).view(-1, 3, 1, 1)  # [0, 1] units, like the pixels
     return preprocess(x)
 
 

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..errors import UserError
-from ..transforms import TrainTransform
+from ..transforms import TrainTransform, _to_rgb, center_crop, decode, rescale, to_uint8
 from .shards import TarShards
 from .sources import Source
 
@@ -33,7 +33,7 @@ class Skip(NamedTuple):
 class Batch(NamedTuple):
     images: torch.Tensor   # uint8 (N, 3, C, C)
     labels: torch.Tensor   # int64 (N,)
-    shifts: torch.Tensor   # float32 (N, 3): the RGB colour shift, 0-255 units
+    shifts: torch.Tensor   # float32 (N, 3): the RGB colour shift, in [0, 1] pixel units
     indices: torch.Tensor  # int64 (N,): source indices (for audits and resumption)
     skips: list            # Skip for each unusable image of this batch
 
@@ -82,8 +82,10 @@ class EpochSampler(Sampler):
     """A seeded permutation per epoch, split across ranks by striding (rank r takes positions r, r+N, ...), so the
     ranks' k-th batches together are the single-process k-th batch. Yields (epoch, index)."""
 
-    def __init__(self, n: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world: int = 1,
+                 limit: int | None = None):
         self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
+        self.limit = n // world if limit is None else min(limit, n // world)  # samples per rank per epoch
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -97,11 +99,11 @@ class EpochSampler(Sampler):
         return perm[:usable][self.rank::self.world]
 
     def __iter__(self):
-        for i in self.order()[self.skip:]:
+        for i in self.order()[self.skip:self.limit]:
             yield self.epoch, int(i)
 
     def __len__(self) -> int:
-        return max(0, self.n // self.world - self.skip)
+        return max(0, self.limit - self.skip)
 
 
 def collate(items: list) -> Batch:
@@ -167,11 +169,12 @@ class TrainLoader:
     """Batches of training views for one process of a (possibly distributed) run."""
 
     def __init__(self, source: Source, transform: TrainTransform, cfg: LoaderConfig = LoaderConfig(),
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, samples_per_epoch: int | None = None):
+        """samples_per_epoch: per rank; the trainer passes whole optimisation steps' worth."""
         if len(source) == 0:
             raise UserError(f"{source.root}: empty dataset")
         self.cfg, self.source = cfg, source
-        self.sampler = EpochSampler(len(source), cfg.shuffle, cfg.seed, rank, world)
+        self.sampler = EpochSampler(len(source), cfg.shuffle, cfg.seed, rank, world, samples_per_epoch)
         pin = torch.cuda.is_available() if cfg.pin_memory is None else cfg.pin_memory
         workers = max(0, cfg.workers)
         self.loader = DataLoader(
@@ -179,7 +182,7 @@ class TrainLoader:
             batch_sampler=BatchSampler(self.sampler, cfg.batch_size, cfg.drop_last),
             num_workers=workers, collate_fn=collate, pin_memory=pin, worker_init_fn=_worker_init,
             persistent_workers=workers > 0, prefetch_factor=cfg.prefetch_factor if workers else None)
-        self.skips = SkipTracker(cfg.max_skip_fraction, self.sampler.n // world)
+        self.skips = SkipTracker(cfg.max_skip_fraction, self.sampler.limit)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -192,6 +195,32 @@ class TrainLoader:
             self.skips.update(batch)
             yield batch
         log.info("epoch %d data: %s", epoch, self.skips.finish())
+
+
+class CenterCropDataset(Dataset):
+    """Validation views: the image rescaled to Q, its central CxC crop (uint8, label, index) or a Skip."""
+
+    def __init__(self, source: Source, q: int, crop: int):
+        self.source, self.q, self.crop = source, q, crop
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        try:
+            sample = self.source.read(i)
+            img = decode(sample.image, self.q) if isinstance(sample.image, bytes) else _to_rgb(sample.image)
+            return to_uint8(center_crop(rescale(img, self.q), self.crop)), sample.label, np.zeros(3, np.float32), i
+        except Exception as e:
+            return Skip(self.source.path(i), getattr(e, "reason", type(e).__name__), str(e)[:200])
+
+
+def eval_loader(dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world: int = 1) -> DataLoader:
+    """In order; rank r takes every world-th image (metrics are summed over ranks)."""
+    indices = list(range(rank, len(dataset), world))
+    return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+                      num_workers=workers, collate_fn=collate, worker_init_fn=_worker_init,
+                      pin_memory=torch.cuda.is_available())
 
 
 class ShardStream(IterableDataset):

@@ -205,6 +205,40 @@ class ImageList(_FileSource):
         super().__init__(root, items, classes, Path(boxes_dir) if boxes_dir else None)
 
 
+class Subset(Source):
+    """A subset of another source (a held-out validation split)."""
+
+    def __init__(self, source: Source, indices, name: str = "subset"):
+        self.source, self.indices = source, np.asarray(indices, np.int64)
+        self.classes, self.root = source.classes, Path(f"{source.root}[{name}]")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, i: int) -> Sample:
+        return self.source.read(int(self.indices[i]))
+
+    def labels(self) -> np.ndarray:
+        return self.source.labels()[self.indices]
+
+    def path(self, i: int) -> str:
+        return self.source.path(int(self.indices[i]))
+
+
+def split(source: Source, fraction: float, seed: int = 0) -> tuple[Subset, Subset]:
+    """A seeded, class-stratified (train, held-out) split."""
+    rng = np.random.default_rng((seed, 0xA1))
+    labels = source.labels()
+    held = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = int(round(len(idx) * fraction))
+        held += rng.choice(idx, k, replace=False).tolist() if k else []
+    held_set = set(held)
+    train = [i for i in range(len(source)) if i not in held_set]
+    return Subset(source, train, "train"), Subset(source, sorted(held), "held-out")
+
+
 def open_source(path: str | os.PathLike, split: str | None = None, **kw) -> Source:
     """Open a dataset by path: a shard folder or index (shards.json), 'fashion-mnist[:train|test]', a folder with a
     labels file (labels.txt / val_labels.txt), or an ImageNet-layout folder (with <path>/<split> if given)."""

@@ -19,8 +19,10 @@ STATS_FILE = "verydeep_stats.json"
 
 @dataclass
 class ColourStats:
-    mean: tuple[float, float, float]             # RGB, 0-255
-    eigval: tuple[float, float, float]           # descending, (0-255)^2 units
+    mean: tuple[float, float, float]             # RGB, 0-255 (what the model subtracts)
+    # Of the covariance of RGB values in [0, 1]: AlexNet's shift, eigvec @ (alpha * eigval), depends on the units
+    # (eigenvalues scale with their square); on [0, 1] pixels it is the few-percent shift AlexNet describes.
+    eigval: tuple[float, float, float]           # descending
     eigvec: tuple[tuple[float, float, float], ...]  # 3x3, columns are eigenvectors
     images: int
     pixels: int
@@ -72,7 +74,7 @@ def compute(source: Source, max_images: int | None = None, side: int = 128, seed
     if not count:
         raise ValueError(f"{source.root}: no readable images for colour statistics")
     mean = s1 / count
-    cov = s2 / count - np.outer(mean, mean)
+    cov = (s2 / count - np.outer(mean, mean)) / 255.0**2
     val, vec = np.linalg.eigh(cov)
     order3 = np.argsort(val)[::-1]
     val, vec = np.clip(val[order3], 0, None), vec[:, order3]

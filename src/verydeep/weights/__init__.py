@@ -35,6 +35,7 @@ class Tensors:
     preprocess: Preprocess = VERYDEEP
     config: VGGConfig | None = None  # verydeep files carry their architecture
     class_names: list[str] | None = None
+    train_scale: tuple[int, int] | None = None
 
 
 MAGIC_HDF5 = b"\x89HDF\r\n\x1a\n"
@@ -142,6 +143,8 @@ def assign(model: VGG, t: Tensors, path: str | os.PathLike = "<weights>", strict
     model.input_convention = t.preprocess
     if t.class_names is not None:
         model.class_names = list(t.class_names)
+    if t.train_scale is not None:
+        model.train_scale = tuple(t.train_scale)
 
 
 def load_into(model: VGG, path: str | os.PathLike, strict: bool = True, fmt: str | None = None) -> VGG:

@@ -18,7 +18,8 @@ def write(model: VGG, path: Path) -> None:
     from safetensors.torch import save_file
 
     header = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(),
-              "preprocess": model.input_convention.to_dict(), "class_names": model.class_names}
+              "preprocess": model.input_convention.to_dict(), "class_names": model.class_names,
+              "train_scale": list(model.train_scale) if model.train_scale else None}
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(sd, tmp, metadata={"verydeep": json.dumps(header)}))
 
@@ -41,6 +42,7 @@ def read(path: Path) -> Tensors:
             t.config = VGGConfig.from_dict(header["config"])
             t.preprocess = Preprocess.from_dict(header["preprocess"])
             t.class_names = header.get("class_names")
+            t.train_scale = tuple(header["train_scale"]) if header.get("train_scale") else None
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, WeightsError):
                 raise

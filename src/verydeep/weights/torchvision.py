@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
-from ..models import TORCHVISION
+from ..models import TORCHVISION, Preprocess, VGGConfig
 from . import Layer, Tensors
 
 _KEY = re.compile(r"^(features|classifier)\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
@@ -67,4 +67,14 @@ def read(path: Path) -> Tensors:
         raise WeightsError(f"{path}: cannot read as a PyTorch state dict: {msg[:200]}") from None
     t = from_state_dict(unwrap(obj, path), path, "torchvision")
     t.preprocess = TORCHVISION
+    if isinstance(obj, dict) and "model_config" in obj:  # a verydeep training checkpoint carries its architecture
+        try:
+            t.fmt, t.config = "verydeep checkpoint", VGGConfig.from_dict(obj["model_config"])
+            t.preprocess = Preprocess.from_dict(obj["preprocess"])
+            t.class_names = obj.get("class_names")
+            cfg = obj.get("config") or {}
+            if cfg.get("scale_min"):
+                t.train_scale = (int(cfg["scale_min"]), int(cfg["scale_max"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightsError(f"{path}: malformed verydeep checkpoint header ({e})") from None
     return t

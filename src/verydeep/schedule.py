@@ -1,0 +1,43 @@
+"""The paper's learning-rate schedule (PAPER.md section 2): start at 1e-2, divide by 10 when the validation accuracy
+stops improving, three times in all; at the next plateau, learning stops."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class PlateauSchedule:
+    lr: float = 1e-2
+    patience: int = 2          # epochs without improvement before the rate is divided
+    factor: float = 0.1
+    max_decays: int = 3
+    min_delta: float = 0.0     # an improvement must exceed this (accuracy, 0-1)
+    best: float = float("-inf")
+    bad_epochs: int = 0
+    decays: int = 0
+    stopped: bool = False
+
+    def step(self, accuracy: float) -> str:
+        """Record one epoch's validation accuracy; returns "improved", "wait", "decay" or "stop"."""
+        if self.stopped:
+            return "stop"
+        if accuracy > self.best + self.min_delta:
+            self.best, self.bad_epochs = accuracy, 0
+            return "improved"
+        self.bad_epochs += 1
+        if self.bad_epochs < self.patience:
+            return "wait"
+        self.bad_epochs = 0
+        if self.decays >= self.max_decays:
+            self.stopped = True
+            return "stop"
+        self.decays += 1
+        self.lr *= self.factor
+        return "decay"
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, d: dict) -> None:
+        for k, v in d.items():
+            setattr(self, k, v)

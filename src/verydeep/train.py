@@ -1,0 +1,462 @@
+"""The paper's training recipe (PAPER.md section 2), resumable, on one device or many through torchrun (section 3.3).
+
+Defaults are the paper's: soft-max cross-entropy; SGD, momentum 0.9, weight decay 5e-4; dropout 0.5 on fc6/fc7;
+batch 256; learning rate 1e-2 divided by 10 when validation accuracy stops improving, three times, then stop; at
+most 74 epochs. Stages: net A from random init; deeper nets with --init-from A (first four conv + three FC layers);
+--stage s384 (S = 384, lr 1e-3, --finetune-from the S = 256 net); --stage jitter (S in [256, 512], lr 1e-3, from the
+S = 384 net). Scales are given at 224 crops and scaled with --crop for small-scale work (64: 256 -> 73)."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from . import config as config_mod
+from . import distributed
+from .data import CenterCropDataset, LoaderConfig, TrainLoader, eval_loader, open_source, split
+from .data import stats as colour
+from .errors import UserError
+from .metrics import MetricsLog
+from .models import VGG, Preprocess, VGGConfig, init_from, set_dropout_keys, vgg
+from .schedule import PlateauSchedule
+from .transforms import TrainTransform, to_model_input
+
+log = logging.getLogger("verydeep")
+STAGES = ("scratch", "s384", "jitter")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = ""                     # dataset folder (with train/ [and val/]), shard folder, or fashion-mnist
+    val: str | None = None             # validation set (default: DATA/val, else a held-out part of train)
+    val_fraction: float = 0.02         # held-out fraction when there is no validation set
+    # model
+    model: str = "A"
+    width: float = 1.0
+    fc_width: int = 4096
+    crop: int = 224
+    dropout: float = 0.5
+    init: str = "paper"                # paper (N(0, 0.01)) | glorot | kaiming
+    # stages (section 2)
+    stage: str = "scratch"             # scratch: S = 256, lr 1e-2 | s384: S = 384, lr 1e-3 | jitter: S in [256, 512]
+    scale_min: int | None = None       # S (or Smin); default from the stage, scaled by crop / 224
+    scale_max: int | None = None
+    init_from: str | None = None       # net A checkpoint: copy conv1_1, conv2_1, conv3_1, conv3_2, fc6-8
+    finetune_from: str | None = None   # same-architecture checkpoint to fine-tune (stages s384, jitter)
+    # optimisation
+    batch_size: int = 256              # the effective (global) batch
+    micro_batch: int | None = None     # per-process micro-batch; gradients accumulated up to batch_size
+    lr: float | None = None            # default 1e-2, or 1e-3 when fine-tuning
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    patience: int = 2                  # epochs without validation improvement before lr /= 10
+    max_decays: int = 3
+    max_epochs: int = 74
+    max_steps: int | None = None       # stop after this many optimisation steps in all (smoke runs)
+    colour_augment: bool = True        # PCA colour shift (needs colour statistics; computed if missing)
+    stats_images: int = 2000           # images sampled for the statistics when computed here
+    # system
+    precision: str = "fp32"            # fp32 | bf16 (autocast)
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    workers: int = 4
+    seed: int = 0
+    max_skip_fraction: float = 0.01
+    eval_batch: int | None = None
+    # run
+    run_dir: str = "runs/run"
+    resume: bool = False
+    force: bool = False
+    checkpoint_minutes: float = 30.0
+    checkpoint_steps: int = 0          # also every N steps (0: off)
+    keep_last: int = 2
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.data:
+            raise ValueError("data is required (a dataset folder, shard folder or fashion-mnist)")
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.init_from and self.finetune_from:
+            raise ValueError("init_from and finetune_from exclude each other")
+        if self.stage != "scratch" and not self.finetune_from:
+            raise ValueError(f"stage {self.stage} fine-tunes a trained net: give finetune_from")
+        for name in ("batch_size", "max_epochs", "patience", "crop"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if self.workers < 0:
+            raise ValueError("workers must be >= 0")
+        if self.micro_batch is not None and (self.micro_batch < 1 or self.batch_size % self.micro_batch):
+            raise ValueError(f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size}")
+
+
+# Not part of a run's identity: may change when a run is resumed.
+OPERATIONAL = {"resume", "force", "workers", "progress", "checkpoint_minutes", "checkpoint_steps", "keep_last",
+               "threads", "max_epochs", "max_steps", "device", "eval_batch"}
+
+
+def stage_presets(stage: str, crop: int, finetune: bool) -> dict:
+    """The paper's scales (section 2) at this crop size, and its learning rates."""
+    k = crop / 224
+    s = {"scratch": (256, 256), "s384": (384, 384), "jitter": (256, 512)}[stage]
+    return {"scale_min": round(s[0] * k), "scale_max": round(s[1] * k), "lr": 1e-3 if finetune else 1e-2}
+
+
+def make_config(overrides: dict | None = None, file: str | None = None) -> TrainConfig:
+    """Defaults < stage presets < config file < command line; every value type-checked."""
+    overrides = dict(overrides or {})
+    first = config_mod.build(TrainConfig, overrides, file)
+    presets = stage_presets(first.stage, first.crop, bool(first.finetune_from))
+    cfg = config_mod.build(TrainConfig, overrides, file, presets)
+    if cfg.scale_max < cfg.scale_min:
+        raise UserError(f"scale_max {cfg.scale_max} < scale_min {cfg.scale_min}")
+    return cfg
+
+
+class Diverged(UserError):
+    pass
+
+
+def load_net(path: str, name: str | None = None) -> VGG:
+    """A trained net from a verydeep checkpoint or any weight file (format detected)."""
+    from .weights import load
+
+    return load(path, name)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, d: distributed.Dist):
+        self.cfg, self.d = cfg, d
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        self.run_dir = Path(cfg.run_dir)
+        resume = cfg.resume or distributed.restarted()
+        identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL}
+        if d.main:
+            ckpt.claim_run_dir(self.run_dir, identity, resume, cfg.force)
+        distributed.barrier(d)
+        state = None
+        if resume:
+            latest = ckpt.latest(self.run_dir)
+            state = ckpt.load(latest) if latest else None
+            if state is None and d.main:
+                log.warning("%s: no checkpoint yet; starting from the beginning", self.run_dir)
+
+        # ---- data
+        train_src = open_source(cfg.data, split="train")
+        if cfg.val:
+            val_src = open_source(cfg.val)
+        elif (Path(cfg.data) / "val").is_dir():
+            val_src = open_source(cfg.data, split="val")
+        else:
+            train_src, val_src = split(train_src, cfg.val_fraction, cfg.seed)
+        if len(val_src) == 0:
+            raise UserError(f"{cfg.data}: empty validation set; give --val or a larger --val-fraction")
+        self.classes = list(train_src.classes)
+        self.stats = self._colour_stats(train_src)  # the mean is needed anyway (section 1)
+        self.transform = TrainTransform(cfg.scale_min, cfg.scale_max, cfg.crop, True, 0.1,
+                                        self.stats.eigval if cfg.colour_augment else None,
+                                        self.stats.eigvec if cfg.colour_augment else None)
+        self.world_batch = cfg.batch_size
+        if cfg.batch_size % d.world:
+            raise UserError(f"batch_size {cfg.batch_size} is not divisible by {d.world} processes")
+        self.rank_batch = cfg.batch_size // d.world
+        self.micro = cfg.micro_batch or self.rank_batch
+        if self.rank_batch % self.micro:
+            raise UserError(f"micro_batch {self.micro} must divide the per-process batch {self.rank_batch}")
+        self.accum = self.rank_batch // self.micro
+        self.steps_per_epoch = (len(train_src) // d.world) // self.rank_batch
+        if self.steps_per_epoch < 1:
+            raise UserError(f"{cfg.data}: {len(train_src)} training images are fewer than one batch of "
+                            f"{cfg.batch_size}")
+        self.loader = TrainLoader(train_src, self.transform,
+                                  LoaderConfig(self.micro, cfg.workers, cfg.seed, True, False,
+                                               cfg.max_skip_fraction), d.rank, d.world,
+                                  self.steps_per_epoch * self.rank_batch)
+        self.val_q = (cfg.scale_min + cfg.scale_max) // 2  # Table 3's rule: Q = S, or 0.5 (Smin + Smax)
+        self.val_loader = eval_loader(CenterCropDataset(val_src, self.val_q, cfg.crop),
+                                      cfg.eval_batch or self.micro, cfg.workers, d.rank, d.world)
+        self.n_train, self.n_val = len(train_src), len(val_src)
+
+        # ---- model
+        model = vgg(cfg.model, num_classes=len(self.classes), width=cfg.width, fc_width=cfg.fc_width,
+                    crop_size=cfg.crop, dropout=cfg.dropout, init=cfg.init)
+        model.input_convention = Preprocess("RGB", 255.0, tuple(self.stats.mean), (1.0, 1.0, 1.0))
+        model.class_names = self.classes
+        model.train_scale = (cfg.scale_min, cfg.scale_max)
+        if state is None and cfg.init_from:
+            copied = init_from(model, load_net(cfg.init_from, "A"))
+            if d.main:
+                log.info("initialised %s from %s: %s", cfg.model, cfg.init_from, ", ".join(copied))
+        if state is None and cfg.finetune_from:
+            src = load_net(cfg.finetune_from, cfg.model)
+            if src.config != model.config:
+                raise UserError(f"{cfg.finetune_from}: holds {src.config}, this run builds {model.config}")
+            model.load_state_dict(src.state_dict())
+        self.raw = model.to(d.device)
+        if cfg.channels_last:
+            self.raw = self.raw.to(memory_format=torch.channels_last)
+        self.model = self.raw
+        if d.active:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.raw, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        self.keyed_dropout = not cfg.compile  # compiled graphs use plain dropout (keys would force recompiles)
+        self.opt = torch.optim.SGD(self.raw.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.schedule = PlateauSchedule(cfg.lr, cfg.patience, 0.1, cfg.max_decays)
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.partial = [0.0, 0.0, 0.0]  # loss sum, correct, count of the epoch in progress
+        self.history: list[dict] = []
+        self.best_acc = float("-inf")
+        if state is not None:
+            self._restore(state)
+        self.metrics = MetricsLog(self.run_dir, enabled=d.main)
+        self.last_ckpt_time = time.monotonic()
+        self.last_ckpt_path: Path | None = ckpt.latest(self.run_dir) if resume else None
+
+    # ------------------------------------------------------------------------------------------ state
+    def _colour_stats(self, source) -> colour.ColourStats:
+        path = colour.default_path(getattr(source, "source", source))  # a held-out split's parent
+        fallback = self.run_dir / colour.STATS_FILE
+        if self.d.main and colour.load(path) is None and colour.load(fallback) is None:
+            log.warning("computing colour statistics of %s (%d images) -> %s", source.root,
+                        min(self.cfg.stats_images, len(source)), path)
+            st = colour.compute(source, self.cfg.stats_images, seed=self.cfg.seed, progress=self.cfg.progress)
+            try:
+                colour.save(st, path)
+            except OSError:  # read-only data: keep them with the run
+                colour.save(st, fallback)
+        distributed.barrier(self.d)  # every rank, always: the others wait for rank 0's file
+        return colour.load(path) or colour.load(fallback)
+
+    def state(self) -> dict:
+        return {"model": self.raw.state_dict(), "optimizer": self.opt.state_dict(),
+                "schedule": self.schedule.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step, "partial": list(self.partial), "rng": ckpt.rng_state(),
+                "config": dataclasses.asdict(self.cfg), "history": self.history, "best_acc": self.best_acc,
+                "model_config": self.raw.config.to_dict(), "preprocess": self.raw.input_convention.to_dict(),
+                "class_names": self.classes, "colour_stats": self.stats.to_dict()}
+
+    def _restore(self, s: dict) -> None:
+        self.raw.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["optimizer"])
+        self.schedule.load_state_dict(s["schedule"])
+        self.epoch, self.step_in_epoch, self.global_step = s["epoch"], s["step_in_epoch"], s["global_step"]
+        self.partial, self.history, self.best_acc = list(s["partial"]), list(s["history"]), s["best_acc"]
+        ckpt.set_rng_state(s["rng"])
+        if self.d.main:
+            log.warning("resumed %s at epoch %d, step %d of %d (global step %d)", self.run_dir, self.epoch + 1,
+                        self.step_in_epoch, self.steps_per_epoch, self.global_step)
+
+    def save(self, best: bool = False) -> None:
+        if self.d.main:
+            bad = next((n for n, p in self.raw.named_parameters() if not torch.isfinite(p).all()), None)
+            if bad is not None:  # never replace a good checkpoint with a broken one
+                where = f"; the last good checkpoint is {self.last_ckpt_path}" if self.last_ckpt_path else ""
+                raise Diverged(f"training diverged: {bad} holds NaN or infinite values at global step "
+                               f"{self.global_step}{where}; resume with a lower --lr")
+            self.last_ckpt_path = ckpt.save(self.state(), self.run_dir, self.cfg.keep_last, best)
+        self.last_ckpt_time = time.monotonic()
+
+    # ------------------------------------------------------------------------------------------ loops
+    def _fault_injection(self) -> None:
+        """VERYDEEP_FAULT_STEP=N kills this worker at global step N on its first life (tests of torchrun restarts)."""
+        at = os.environ.get("VERYDEEP_FAULT_STEP")
+        if at and int(at) == self.global_step and not distributed.restarted():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, d = self.cfg, self.d
+        self.model.train()
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.steps_per_epoch * self.world_batch, initial=self.step_in_epoch * self.world_batch,
+                   unit="img", unit_scale=False, desc=f"epoch {epoch + 1}/{cfg.max_epochs}", dynamic_ncols=True,
+                   disable=not (d.main and cfg.progress), leave=False, mininterval=1.0)
+        batches = self.loader.epoch(epoch, self.step_in_epoch * self.accum)
+        t0, imgs = time.perf_counter(), 0
+        preprocess = self.raw.preprocess
+        while self.step_in_epoch < self.steps_per_epoch:
+            micro = []
+            for _ in range(self.accum):
+                b = next(batches, None)
+                if b is None:
+                    break
+                micro.append(b)
+            if len(micro) < self.accum:
+                break
+            n_global = distributed.all_reduce_sum([sum(len(b.labels) for b in micro)], d)[0]
+            scale = d.world / max(n_global, 1.0)
+            loss_sum = torch.zeros((), device=d.device)
+            correct = 0
+            for j, b in enumerate(micro):
+                sync = contextlib.nullcontext() if (j == len(micro) - 1 or not d.active) else self.model.no_sync()
+                with sync:
+                    x = to_model_input(b.images.to(d.device, non_blocking=True),
+                                       b.shifts.to(d.device, non_blocking=True), preprocess)
+                    if cfg.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    y = b.labels.to(d.device, non_blocking=True)
+                    if self.keyed_dropout:
+                        set_dropout_keys(self.raw, b.indices.to(d.device), cfg.seed, self.global_step)
+                    with _autocast(cfg, d.device):
+                        logits = self.model(x)
+                    loss = F.cross_entropy(logits.float(), y, reduction="sum")
+                    (loss * scale).backward()
+                loss_sum += loss.detach()
+                correct += int((logits.argmax(1) == y).sum())
+            loss_value = float(loss_sum)
+            if not math.isfinite(loss_value):
+                where = f" the last good checkpoint is {self.last_ckpt_path};" if self.last_ckpt_path else ""
+                raise Diverged(f"training diverged: loss is {loss_value} at epoch {epoch + 1}, step "
+                               f"{self.step_in_epoch + 1} (global step {self.global_step + 1});{where} "
+                               f"resume with a lower --lr")
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            n_local = sum(len(b.labels) for b in micro)
+            self.partial = [self.partial[0] + loss_value, self.partial[1] + correct, self.partial[2] + n_local]
+            self.step_in_epoch += 1
+            self.global_step += 1
+            imgs += n_local * d.world
+            bar.update(self.world_batch)
+            if d.main and cfg.progress:
+                bar.set_postfix(loss=f"{self.partial[0] / max(self.partial[2], 1):.3f}",
+                                err=f"{1 - self.partial[1] / max(self.partial[2], 1):.3f}",
+                                lr=f"{self.opt.param_groups[0]['lr']:.1e}", refresh=False)
+            self._fault_injection()
+            due_time = time.monotonic() - self.last_ckpt_time > cfg.checkpoint_minutes * 60
+            due_steps = cfg.checkpoint_steps and self.global_step % cfg.checkpoint_steps == 0
+            if (due_time or due_steps) and self.step_in_epoch < self.steps_per_epoch:
+                self.save()
+            if cfg.max_steps and self.global_step >= cfg.max_steps:
+                break
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        loss_sum, correct, count = distributed.all_reduce_sum(self.partial, d)
+        return {"train_loss": loss_sum / max(count, 1), "train_top1_err": 1 - correct / max(count, 1),
+                "images_per_s": imgs / max(elapsed, 1e-9), "train_seconds": elapsed,
+                "skipped": self.loader.skips.skipped}
+
+    @torch.inference_mode()
+    def validate(self) -> dict:
+        self.model.eval()
+        loss, top1, top5, n = 0.0, 0, 0, 0
+        preprocess = self.raw.preprocess
+        for b in self.val_loader:
+            if not len(b.labels):
+                continue
+            x = to_model_input(b.images.to(self.d.device), None, preprocess)
+            if self.cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = b.labels.to(self.d.device)
+            with _autocast(self.cfg, self.d.device):
+                logits = self.raw(x).float()
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, 1).indices
+            top1 += int((top[:, 0] == y).sum())
+            top5 += int((top == y[:, None]).any(1).sum())
+            n += len(y)
+        loss, top1, top5, n = distributed.all_reduce_sum([loss, top1, top5, n], self.d)
+        self.model.train()
+        return {"val_loss": loss / max(n, 1), "val_top1_err": 1 - top1 / max(n, 1),
+                "val_top5_err": 1 - top5 / max(n, 1), "val_images": int(n)}
+
+    def run(self) -> dict:
+        cfg, d = self.cfg, self.d
+        if d.main:
+            log.warning("training %s on %d images (%d classes), validating on %d at Q=%d; S in [%d, %d], crop %d; "
+                        "batch %d = %d process(es) x %d micro-batches of %d; %d steps/epoch; %s",
+                        cfg.model, self.n_train, len(self.classes), self.n_val, self.val_q, cfg.scale_min,
+                        cfg.scale_max, cfg.crop, cfg.batch_size, d.world, self.accum, self.micro,
+                        self.steps_per_epoch, d.device)
+        result = self.history[-1] if self.history else {}
+        while self.epoch < cfg.max_epochs and not self.schedule.stopped:
+            for g in self.opt.param_groups:
+                g["lr"] = self.schedule.lr
+            lr = self.schedule.lr
+            train = self.train_epoch(self.epoch)
+            partial = self.step_in_epoch < self.steps_per_epoch  # stopped by max_steps inside the epoch
+            val = self.validate()
+            # A partial epoch is reported, but does not drive the schedule (the paper's schedule is per epoch).
+            action = "partial epoch" if partial else self.schedule.step(1 - val["val_top1_err"])
+            best = 1 - val["val_top1_err"] > self.best_acc
+            self.best_acc = max(self.best_acc, 1 - val["val_top1_err"])
+            result = {"kind": "epoch", "epoch": self.epoch + 1, "global_step": self.global_step, "lr": lr, **train,
+                      **val, "schedule": action}
+            if not partial:
+                self.history.append(result)
+                self.epoch, self.step_in_epoch, self.partial = self.epoch + 1, 0, [0.0, 0.0, 0.0]
+            self.save(best=best)
+            if d.main:
+                self.metrics.write(result, self.global_step)
+                print(f"epoch {result['epoch']:>3}/{cfg.max_epochs}  lr {lr:.1e}  train loss {train['train_loss']:.4f}"
+                      f"  top-1 err {100 * train['train_top1_err']:5.2f}%  |  val top-1 err "
+                      f"{100 * val['val_top1_err']:5.2f}%  top-5 err {100 * val['val_top5_err']:5.2f}%  |  "
+                      f"{train['images_per_s']:.0f} img/s  {train['train_seconds']:.0f} s  {action}"
+                      + (f"  [{train['skipped']} skipped]" if train["skipped"] else ""), flush=True)
+            if cfg.max_steps and self.global_step >= cfg.max_steps:
+                break
+        if d.main:
+            self.metrics.close()
+            self._export()
+        return result
+
+    def _export(self) -> None:
+        """The best (else last) weights in verydeep's format, for predict / evaluate / features."""
+        from .weights import save
+
+        best = self.run_dir / "checkpoints" / ckpt.BEST
+        model = self.raw
+        if best.is_file():
+            model = VGG(VGGConfig.from_dict(self.raw.config.to_dict()), self.raw.input_convention)
+            model.load_state_dict(ckpt.load(best)["model"])
+            model.class_names, model.train_scale = self.classes, self.raw.train_scale
+        save(model.float().cpu(), self.run_dir / "model.safetensors")
+
+
+def train(cfg: TrainConfig) -> dict:
+    d = distributed.setup(cfg.device)
+    try:
+        return Trainer(cfg, d).run()
+    finally:
+        distributed.cleanup(d)
+
+
+def main_cli(args) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    cfg = make_config(config_mod.given(args, TrainConfig), args.config)
+    train(cfg)
+    return 0

@@ -1,0 +1,183 @@
+"""Evaluation protocols (PAPER.md section 3) and measures (section 5) on a tiny net and generated data."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import verydeep as vd
+from verydeep.cli import main
+from verydeep.data import ImageFolder
+from verydeep.errors import UserError
+from verydeep.evaluate import (Evaluator, Posteriors, auto_scales, format_table, measure, parse_scales, predict_image,
+                               topk_error)
+from verydeep.transforms import grid_positions, rescale, to_uint8
+from conftest import tiny
+from imagegen import imagenet_folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return ImageFolder(imagenet_folder(tmp_path_factory.mktemp("ev") / "val", per_class=3, size=(100, 75)))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = tiny("A", num_classes=3)
+    m.train_scale = (73, 73)
+    return m
+
+
+def run(model, data, protocols, scales, **kw):
+    ev = Evaluator(model, progress=False, **{"workers": 0, "batch_size": 4, **kw})
+    return ev, ev.run(data, protocols, scales)
+
+
+def test_net_passes_per_protocol(model, data):
+    n = len(data)
+    for protocol, per_scale in (("center", 1), ("dense", 2), ("multicrop", 50)):
+        ev, _ = run(model, data, [protocol], [64, 80, 96])
+        assert ev.forward_images == n * per_scale * 3, protocol
+    ev, _ = run(model, data, ["dense+multicrop"], [64])
+    assert ev.forward_images == n * 52
+
+
+def test_posteriors_sum_to_one(model, data):
+    _, post = run(model, data, ["center", "dense", "multicrop", "dense+multicrop"], [64, 80])
+    for p in ("center", "dense", "multicrop", "dense+multicrop"):
+        np.testing.assert_allclose(post.combine(p, [64, 80]).sum(1), 1, atol=1e-5)
+
+
+def test_dense_is_flip_averaged_mean_score_map(model, data):
+    _, post = run(model, data, ["dense"], [80])
+    img = rescale(Image.open(data.path(4)).convert("RGB"), 80)
+    x = model.preprocess(to_uint8(img)[None].float() / 255)
+    with torch.no_grad():
+        a = model.score_map(x).mean((2, 3)).softmax(1)
+        b = model.score_map(x.flip(3)).mean((2, 3)).softmax(1)
+    np.testing.assert_allclose(post.probs[("dense", 80)][4], ((a + b) / 2)[0].numpy(), atol=1e-6)
+
+
+def test_multicrop_is_the_mean_of_50_crop_posteriors(model, data):
+    _, post = run(model, data, ["multicrop"], [70])
+    big = to_uint8(rescale(Image.open(data.path(1)).convert("RGB"), 70))
+    views = torch.stack([big[:, y:y + 64, x:x + 64] for x, y in grid_positions(big.shape[2], big.shape[1], 64)])
+    views = torch.cat([views, views.flip(3)])
+    assert len(views) == 50
+    with torch.no_grad():
+        want = model(model.preprocess(views.float() / 255)).softmax(1).mean(0)
+    np.testing.assert_allclose(post.probs[("multicrop", 70)][1], want.numpy(), atol=1e-6)
+
+
+def test_dense_at_the_crop_size_equals_the_fc_net(model):
+    # A square image at Q = crop: the score map is 1x1 and equals the FC output (section 3).
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    x = model.preprocess(to_uint8(img)[None].float() / 255)
+    with torch.no_grad():
+        assert model.score_map(x).shape[-2:] == (1, 1)
+        torch.testing.assert_close(model.score_map(x)[:, :, 0, 0], model(x), rtol=1e-4, atol=1e-5)
+    p = predict_image(model, img, "dense", [64])
+    with torch.no_grad():
+        want = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2
+    torch.testing.assert_close(p, want[0], rtol=1e-4, atol=1e-6)
+
+
+def test_auto_scale_rules():
+    assert auto_scales((256, 256), 224, False) == [256]
+    assert auto_scales((256, 512), 224, False) == [384]
+    assert auto_scales((256, 256), 224, True) == [224, 256, 288]
+    assert auto_scales((384, 384), 224, True) == [352, 384, 416]
+    assert auto_scales((256, 512), 224, True) == [256, 384, 512]
+    assert auto_scales((73, 146), 64, True) == [73, 109, 146]
+    assert auto_scales((73, 73), 64, True) == [64, 73, 82]  # 32 scaled to the crop: 9
+    with pytest.raises(UserError, match="needs the net's training scale"):
+        auto_scales(None, 224, False)
+
+
+def test_parse_scales(model):
+    assert parse_scales("auto", model) == [73]
+    assert parse_scales("80,96", model) == [80, 96]
+    with pytest.raises(UserError, match="at least the 64 crop"):
+        parse_scales("32", model)
+
+
+def test_topk_error_hand_computed():
+    probs = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5], [0.4, 0.35, 0.25]])
+    labels = np.array([1, 2, 0, 2])
+    assert topk_error(probs, labels, 1) == 0.75   # only image 0 right
+    assert topk_error(probs, labels, 2) == 0.5    # images 0 and 1 within the top 2
+    assert topk_error(probs, labels, 5) == 0.0
+
+
+def test_fusion_of_identical_nets_is_the_net(model, data, tmp_path):
+    vd.save(model, tmp_path / "a.safetensors")
+    vd.save(model, tmp_path / "b.safetensors")
+    root = str(data.root)
+    assert main(["evaluate", "--weights", str(tmp_path / "a.safetensors"), "--weights", str(tmp_path / "b.safetensors"),
+                 "--data", root, "--protocol", "dense", "--scales", "72", "--workers", "0", "--no-progress",
+                 "--out", str(tmp_path / "t")]) == 0
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [r["net"] for r in rows] == ["a", "b", "fusion(a+b)"]
+    assert rows[0]["top-1 err (%)"] == rows[2]["top-1 err (%)"] and rows[0]["top-5 err (%)"] == rows[2]["top-5 err (%)"]
+    assert (tmp_path / "t.md").read_text().startswith("| net")
+    assert (tmp_path / "t.csv").read_text().startswith("net,train S")
+
+
+def test_fusion_arithmetic_from_saved_posteriors(model, data, tmp_path):
+    _, a = run(model, data, ["center"], [72])
+    b = Posteriors(a.labels, {("center", 72): np.roll(a.probs[("center", 72)], 1, axis=1)}, a.valid, a.paths)
+    a.save(tmp_path / "a.npz")
+    b.save(tmp_path / "b.npz")
+    loaded = Posteriors.load(tmp_path / "a.npz")
+    np.testing.assert_array_equal(loaded.probs[("center", 72)], a.probs[("center", 72)])
+    assert main(["evaluate", "--fuse", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--protocol", "center",
+                 "--out", str(tmp_path / "f")]) == 0
+    fused = (a.probs[("center", 72)] + b.probs[("center", 72)]) / 2
+    want = measure(fused, a, "x", "-", [], "center")
+    got = json.loads((tmp_path / "f.json").read_text())[0]
+    assert got["top-1 err (%)"] == round(100 * want.top1, 2)
+
+
+def test_results_do_not_depend_on_batch_size_or_workers(model, data):
+    _, ref = run(model, data, ["dense", "multicrop"], [64, 90], batch_size=1, workers=0)
+    _, other = run(model, data, ["dense", "multicrop"], [64, 90], batch_size=5, workers=2)
+    for k in ref.probs:
+        np.testing.assert_allclose(ref.probs[k], other.probs[k], atol=1e-5)
+    assert ref.labels.tolist() == other.labels.tolist() == data.labels().tolist()
+
+
+def test_unreadable_images_are_excluded_and_counted(model, data, tmp_path):
+    folder = imagenet_folder(tmp_path / "v", per_class=2, size=(100, 75))
+    (folder / "n01" / "broken.JPEG").write_bytes(b"\xff\xd8\xff garbage")
+    src = ImageFolder(folder)
+    _, post = run(model, src, ["center"], [64])
+    assert post.valid.sum() == len(src) - 1
+    row = measure(post.combine("center", [64]), post, "m", "-", [64], "center")
+    assert row.images == len(src) - 1
+
+
+def test_table_formats():
+    post = Posteriors(np.array([0, 1]), {}, np.array([True, True]))
+    row = measure(np.array([[0.9, 0.1], [0.2, 0.8]]), post, "D", "256", [256], "dense")
+    assert row.top1 == 0.0
+    text = format_table([row])
+    assert "protocol" in text.splitlines()[0] and "dense" in text
+
+
+def test_explain_writes_a_png(model, data, tmp_path, capsys):
+    vd.save(model, tmp_path / "m.safetensors")
+    assert main(["explain", data.path(0), "--weights", str(tmp_path / "m.safetensors"), "--scale", "128",
+                 "--out", str(tmp_path / "e.png")]) == 0
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+    assert "score map 3x4" in capsys.readouterr().out  # 171x128 -> pool5 5x4 -> 3x4 windows
+
+
+def test_predict_protocols_and_scales(model, data, tmp_path, capsys):
+    vd.save(model, tmp_path / "m.safetensors")
+    for protocol in ("center", "dense", "multicrop", "dense+multicrop"):
+        assert main(["predict", data.path(0), "--weights", str(tmp_path / "m.safetensors"), "--protocol", protocol,
+                     "--scales", "auto-multi", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)[0]
+        assert out["scales"] == [64, 73, 82] and len(out["top"]) == 3

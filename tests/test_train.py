@@ -1,0 +1,225 @@
+"""Training (PAPER.md sections 2 and 3.3): it learns; the plateau schedule; accumulation, data-parallel and
+kill-and-resume equivalence; the paper's stages; config validation; never losing work."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import verydeep as vd
+from verydeep import checkpoint as ckpt
+from verydeep import distributed
+from verydeep.errors import UserError
+from verydeep.schedule import PlateauSchedule
+from verydeep.train import Trainer, make_config, stage_presets, train
+from imagegen import pattern_dataset
+
+TINY = dict(model="A", width=0.125, fc_width=32, crop=32, batch_size=16, init="glorot", lr=1e-3, workers=0,
+            progress=False, seed=0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return pattern_dataset(tmp_path_factory.mktemp("patterns"), per_class=16, val_per_class=4)
+
+
+def run_cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "verydeep", "train", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, **kw)
+
+
+def cli_args(data, run_dir, **over):
+    opts = {**TINY, "data": data, "run_dir": run_dir, **over}
+    out = []
+    for k, v in opts.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            out.append(flag if v else "--no-" + k.replace("_", "-"))
+        else:
+            out += [flag, v]
+    return out
+
+
+def final_weights(run_dir):
+    return ckpt.load(ckpt.latest(run_dir))["model"]
+
+
+def assert_same(a, b, tol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol, msg=k)
+
+
+def test_a_tiny_net_learns(data, tmp_path):
+    cfg = make_config({**TINY, "data": data, "run_dir": tmp_path / "r", "dropout": 0.0, "max_epochs": 5,
+                       "patience": 5})
+    train(cfg)
+    hist = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert len(hist) == 5
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"] - 0.1
+    assert hist[-1]["val_top1_err"] < 0.5  # chance is 2/3 for three classes
+    assert (tmp_path / "r" / "model.safetensors").is_file()
+    m = vd.load(tmp_path / "r" / "model.safetensors")
+    assert m.class_names == ["checker", "horizontal", "vertical"]
+    assert m.input_convention.mean != vd.VERYDEEP.mean  # the training set's mean RGB (section 1)
+    assert list((tmp_path / "r" / "tb").iterdir())  # TensorBoard events
+
+
+def test_plateau_schedule_on_a_scripted_sequence():
+    s = PlateauSchedule(lr=1e-2, patience=2, max_decays=3)
+    accs = [0.1, 0.2, 0.3, 0.3, 0.29, 0.35, 0.34, 0.34, 0.4, 0.4, 0.4, 0.41, 0.41, 0.41, 0.5]
+    actions = [s.step(a) for a in accs]
+    assert actions == ["improved", "improved", "improved", "wait", "decay", "improved", "wait", "decay",
+                       "improved", "wait", "decay", "improved", "wait", "stop", "stop"]
+    assert s.decays == 3 and s.stopped and s.lr == pytest.approx(1e-5)
+    t = PlateauSchedule()
+    t.load_state_dict(s.state_dict())
+    assert t == s
+
+
+def test_stage_presets_scale_with_the_crop():
+    assert stage_presets("scratch", 224, False) == {"scale_min": 256, "scale_max": 256, "lr": 1e-2}
+    assert stage_presets("s384", 64, True) == {"scale_min": 110, "scale_max": 110, "lr": 1e-3}
+    assert stage_presets("jitter", 64, True) == {"scale_min": 73, "scale_max": 146, "lr": 1e-3}
+    cfg = make_config({"data": "x", "stage": "jitter", "finetune_from": "a.pt", "crop": 64})
+    assert (cfg.scale_min, cfg.scale_max, cfg.lr) == (73, 146, 1e-3)
+    assert make_config({"data": "x", "finetune_from": "a.pt"}).lr == 1e-3  # fine-tuning default
+    cfg = make_config({"data": "x", "stage": "jitter", "finetune_from": "a.pt", "lr": 0.005})
+    assert cfg.lr == 0.005  # the command line wins
+
+
+def test_accumulation_does_not_depend_on_micro_batch(data, tmp_path):
+    # Dropout stays on (0.5): its masks are keyed by sample, so micro-batching cannot change them.
+    runs = {}
+    for micro in (16, 4):
+        cfg = make_config({**TINY, "data": data, "run_dir": tmp_path / f"m{micro}", "micro_batch": micro,
+                           "max_steps": 4, "deterministic": True})
+        train(cfg)
+        runs[micro] = final_weights(tmp_path / f"m{micro}")
+    assert_same(runs[16], runs[4], tol=1e-5)
+
+
+def test_two_processes_equal_one(data, tmp_path):
+    common = dict(max_steps=3, deterministic=True, threads=1)
+    r = run_cli(*cli_args(data, tmp_path / "one", **common))
+    assert r.returncode == 0, r.stderr
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "verydeep", "train", *map(str, cli_args(data, tmp_path / "two", **common))]
+    r2 = subprocess.run(cmd, capture_output=True, text=True)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert_same(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), tol=1e-5)
+
+
+def test_kill_mid_epoch_and_resume_equals_uninterrupted(data, tmp_path):
+    common = dict(max_epochs=2, deterministic=True, threads=1, checkpoint_steps=1, keep_last=3, patience=5)
+    ref = run_cli(*cli_args(data, tmp_path / "ref", **common))
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, "-m", "verydeep", "train", *map(str, cli_args(data, run, **common))],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # a mid-epoch checkpoint of the first epoch (3 steps per epoch)
+        latest = ckpt.latest(run)
+        if latest is not None and int(latest.stem.split("-")[1]) >= 2:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    state = ckpt.load(ckpt.latest(run))
+    assert state["global_step"] < 6  # killed before the end
+    again = run_cli(*cli_args(data, run, **common, resume=True))
+    assert again.returncode == 0, again.stderr
+    assert "resumed" in again.stderr
+    assert_same(final_weights(tmp_path / "ref"), final_weights(run), tol=0)
+
+
+def test_torchrun_restart_resumes_from_the_last_checkpoint(data, tmp_path):
+    common = dict(max_epochs=2, deterministic=True, threads=1, checkpoint_steps=1, patience=5)
+    ref = run_cli(*cli_args(data, tmp_path / "ref", **common))
+    assert ref.returncode == 0, ref.stderr
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+           "--max-restarts=1", "-m", "verydeep", "train", *map(str, cli_args(data, tmp_path / "elastic", **common))]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "VERYDEEP_FAULT_STEP": "4"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed" in r.stderr  # the restarted worker came back from a checkpoint
+    assert_same(final_weights(tmp_path / "ref"), final_weights(tmp_path / "elastic"), tol=0)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    r = run_cli(*cli_args(data, tmp_path / "nan", lr=50.0, init="kaiming", checkpoint_steps=1, max_epochs=3))
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert "training diverged: loss is nan" in line or "loss is inf" in line
+    good = ckpt.latest(tmp_path / "nan")
+    assert good is not None and str(good) in line
+    assert all(torch.isfinite(v).all() for v in ckpt.load(good)["model"].values())
+
+
+def test_run_dir_holding_a_run_is_refused(data, tmp_path):
+    args = cli_args(data, tmp_path / "r", max_steps=1)
+    assert run_cli(*args).returncode == 0
+    r = run_cli(*args)
+    assert r.returncode == 2 and "already holds a run; pass --resume" in r.stderr
+    r = run_cli(*cli_args(data, tmp_path / "r", max_steps=1, lr=0.5, resume=True))
+    assert r.returncode == 2 and "holds a different run (lr: 0.001 there, 0.5 asked)" in r.stderr
+    assert run_cli(*cli_args(data, tmp_path / "r", max_steps=1, force=True)).returncode == 0
+
+
+def test_init_from_net_a_and_finetune_stages(data, tmp_path):
+    train(make_config({**TINY, "data": data, "run_dir": tmp_path / "a", "max_steps": 2}))
+    a_ckpt = ckpt.latest(tmp_path / "a")
+    net_a = vd.load(a_ckpt)
+    d = distributed.setup("cpu")
+    t = Trainer(make_config({**TINY, "data": data, "run_dir": tmp_path / "d", "model": "D",
+                             "init_from": a_ckpt}), d)
+    for name in ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8"):
+        assert torch.equal(t.raw.layer(name).weight, net_a.layer(name).weight), name
+    assert not torch.equal(t.raw.layer("conv1_2").weight[:, :8], net_a.layer("conv2_1").weight[:8, :8])
+    ft = Trainer(make_config({**TINY, "data": data, "run_dir": tmp_path / "s384", "stage": "s384",
+                              "finetune_from": a_ckpt, "lr": None}), d)
+    assert (ft.cfg.scale_min, ft.cfg.scale_max, ft.cfg.lr) == (55, 55, 1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(ft.raw.state_dict().values(), net_a.state_dict().values()))
+    with pytest.raises(UserError, match="holds"):
+        Trainer(make_config({**TINY, "data": data, "run_dir": tmp_path / "bad", "model": "A", "width": 0.25,
+                             "finetune_from": a_ckpt}), d)
+
+
+@pytest.mark.parametrize("text,suffix,match", [
+    ("lr = 0.01\nbatch_sise = 128\n", ".toml", "unknown config key 'batch_sise' \\(did you mean 'batch_size'\\?\\)"),
+    ("lr: fast\n", ".yaml", "config key 'lr': expected float, got 'fast'"),
+    ("max_epochs: 7.5\n", ".yaml", "config key 'max_epochs': expected int"),
+    ("[optim]\nlr = 0.1\n", ".toml", "is a table"),
+    ("precision = 'fp8'\n", ".toml", "precision must be fp32 or bf16"),
+    ("stage = 'jitter'\n", ".toml", "stage jitter fine-tunes a trained net"),
+])
+def test_config_file_validation(tmp_path, text, suffix, match):
+    f = tmp_path / f"c{suffix}"
+    f.write_text(text)
+    with pytest.raises(UserError, match=match):
+        make_config({"data": "x"}, f)
+
+
+def test_config_file_and_command_line_precedence(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 0.05\nbatch_size: 64\nmodel: D\n")
+    cfg = make_config({"data": "x", "batch_size": "32"}, f)
+    assert (cfg.lr, cfg.batch_size, cfg.model, cfg.momentum, cfg.weight_decay) == (0.05, 32, "D", 0.9, 5e-4)
+
+
+def test_paper_defaults():
+    cfg = make_config({"data": "x"})
+    assert (cfg.batch_size, cfg.momentum, cfg.weight_decay, cfg.dropout, cfg.lr, cfg.max_epochs, cfg.max_decays,
+            cfg.scale_min, cfg.scale_max, cfg.crop, cfg.init) == (256, 0.9, 5e-4, 0.5, 1e-2, 74, 3, 256, 256, 224,
+                                                                  "paper")
+
+
+def test_plot(data, tmp_path):
+    train(make_config({**TINY, "data": data, "run_dir": tmp_path / "r", "max_epochs": 2}))
+    from verydeep.cli import main
+    assert main(["plot", str(tmp_path / "r")]) == 0
+    png = tmp_path / "r" / "curves.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
