@@ -98,3 +98,23 @@ def pattern_dataset(root, per_class=24, val_per_class=8, size=(48, 40), seed=0):
                 img = np.where(on[..., None] == 1, a, b) + rng.normal(0, 10, (h, w, 3))
                 Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{name}_{i}.png")
     return root
+
+
+def box_dataset(root, per_class=24, val_per_class=6, size=(64, 48), seed=0):
+    """Two classes of objects (a red or a blue rectangle of random size and place on noise), with VOC boxes."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = ["red", "blue"]
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for c, name in enumerate(names):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                w, h = size
+                img = rng.integers(60, 160, (h, w, 3)).astype(np.uint8)
+                bw, bh = int(rng.integers(w // 4, w // 2)), int(rng.integers(h // 4, h // 2))
+                x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+                img[y0:y0 + bh, x0:x0 + bw] = (230, 30, 30) if c == 0 else (30, 30, 230)
+                Image.fromarray(img).save(d / f"{name}_{i}.png")
+                voc_xml(d / f"{name}_{i}.xml", w, h, [(name, (x0, y0, x0 + bw, y0 + bh))])
+    return root

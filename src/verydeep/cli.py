@@ -278,6 +278,110 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_localize(args) -> int:
+    import logging
+
+    from . import localize
+    from .data import open_source
+    from .transforms import load_rgb
+    from .weights import load
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.loc_command == "train":
+        classifier = load(args.classifier, args.model)
+        cfg = localize.LocConfig(args.mode, args.layers, args.scale or round(classifier.config.crop_size * 256 / 224),
+                                 args.lr, args.epochs, args.batch_size, workers=args.workers, seed=args.seed)
+        net, losses = localize.train(classifier, open_source(args.data, split="train"), cfg,
+                                     progress=not args.no_progress)
+        from .weights import save
+
+        save(net, Path(args.out))
+        print(f"Euclidean loss by epoch: {', '.join(f'{v:.4f}' for v in losses)}; wrote {args.out}")
+    elif args.loc_command == "evaluate":
+        net = localize.load(Path(args.weights))
+        source = open_source(args.data, split=args.split)
+        scale = args.scale or round(net.config.crop_size * 256 / 224)
+        if args.protocol == "center":
+            r = localize.centre_crop_error(net, source, scale)
+            print(f"protocol 1 (central crop, ground-truth class, Q={scale}, {net.box_mode.upper()}): localisation "
+                  f"error {100 * r['error']:.2f}% on {r['images']} images")
+        else:
+            classifier = load(args.classifier)
+            scales = [int(q) for q in (args.scales or str(scale)).split(",")]
+            r = localize.dense_error(net, classifier, source, scales, args.threshold)
+            print(f"protocol 2 (dense, Q={scales}, greedy merge): top-5 localisation error "
+                  f"{100 * r['top5_loc_error']:.2f}%, with the ground-truth class {100 * r['gt_class_loc_error']:.2f}%"
+                  f" on {r['images']} images")
+        if args.json:
+            Path(args.json).write_text(json.dumps(r, indent=1))
+    else:
+        net = localize.load(Path(args.weights))
+        classifier = load(args.classifier)
+        img = load_rgb(args.image)
+        scales = [int(q) for q in (args.scales or str(round(net.config.crop_size * 256 / 224))).split(",")]
+        preds = localize.dense_boxes(net, classifier, img, scales, args.top, args.threshold)
+        out = Path(args.out or Path(args.image).with_suffix(".boxes.png").name)
+        names = classifier.class_names or [str(i) for i in range(classifier.config.num_classes)]
+        localize.draw(img, preds, names, out)
+        for rank, (c, box, score) in enumerate(preds, 1):
+            print(f"{rank}. {names[c]}: box {[round(float(v), 1) for v in box]} (merged score {score:.2f})")
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_features(args) -> int:
+    import logging
+
+    from .data import open_source
+    from .evaluate import parse_scales
+    from .features import extract
+    from .weights import load
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    models = [load(w, args.model).eval() for w in args.weights]
+    scales = parse_scales(args.scales, models[0])
+    feats, meta = extract(models, open_source(args.data, split=args.split), args.out, scales, args.layer,
+                          args.aggregate, progress=not args.no_progress)
+    print(f"wrote {Path(args.out).with_suffix('.npy')}: {feats.shape[0]} images x {feats.shape[1]} "
+          f"({args.layer}, Q={scales}, {args.aggregate}, {len(models)} net(s)); {len(meta['skipped'])} skipped")
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    import numpy as np
+
+    from . import transfer
+
+    def read(path):
+        path = Path(path)
+        meta_path = path.with_suffix(".json")
+        if not meta_path.is_file():
+            raise UserError(f"{meta_path}: no index beside the features (write them with `verydeep features`)")
+        return np.load(path.with_suffix(".npy")), json.loads(meta_path.read_text())
+
+    x, meta = read(args.features)
+    if args.test_features:
+        xt, mt = read(args.test_features)
+        if "targets" not in meta:
+            raise UserError(f"{args.features}: no multi-label targets (VOC features carry them)")
+        t = np.asarray(meta["targets"] + mt["targets"], bool)
+        r = transfer.multilabel(np.concatenate([x, xt]), t, np.arange(len(x)), np.arange(len(x), len(x) + len(xt)),
+                                args.seed)
+        classes = meta["classes"]
+        for c, a07, a12 in zip(classes, r["ap_voc07"], r["ap_area"]):
+            if a12 == a12:  # not NaN
+                print(f"{c:<14} AP {100 * a12:5.1f} (VOC2007 11-point {100 * a07:5.1f})")
+        print(f"mAP {100 * r['map_area']:.1f} (VOC2010+ area), {100 * r['map_voc07']:.1f} (VOC2007 11-point) over "
+              f"{r['classes_scored']} classes")
+    else:
+        r = transfer.multiclass(x, np.asarray(meta["labels"]), args.train_per_class, args.splits, args.seed)
+        print(f"mean class recall {100 * r['mean_class_recall']:.1f} +- {100 * r['std']:.1f} over {args.splits} splits "
+              f"of {args.train_per_class} training images per class")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1))
+    return 0
+
+
 def cmd_demo(args) -> int:
     """The README's main job: Table 2, then a real training run on Fashion-MNIST (found on the machine or
     downloaded with checksums) with the paper's recipe at a small scale, then the paper's test protocols."""
@@ -381,6 +485,63 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="PNG path (default IMAGE.explain.png here)")
     _add_model_options(s)
     s.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("localize", help="localisation (Appendix A): train, evaluate, predict")
+    lsub = s.add_subparsers(dest="loc_command", required=True)
+    t = lsub.add_parser("train", help="fine-tune a box-regression net from a classification net")
+    t.add_argument("--data", required=True)
+    t.add_argument("--classifier", required=True, help="classification checkpoint or weights")
+    t.add_argument("--model")
+    t.add_argument("--mode", choices=("scr", "pcr"), default="pcr", help="single-class or per-class regression")
+    t.add_argument("--layers", choices=("all", "fc"), default="all", help="fine-tune all layers or fc6-fc7 only")
+    t.add_argument("--scale", type=int, help="fixed training scale S (default 256 at a 224 crop)")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="localisation net (.safetensors)")
+    t.add_argument("--no-progress", action="store_true")
+    e = lsub.add_parser("evaluate", help="protocol 1 (centre crop, GT class) or 2 (dense + greedy merge)")
+    e.add_argument("--weights", required=True, help="localisation net")
+    e.add_argument("--classifier", help="classification net (protocol 2)")
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="val")
+    e.add_argument("--protocol", choices=("center", "dense"), default="center")
+    e.add_argument("--scale", type=int)
+    e.add_argument("--scales", help="dense: comma-separated Q")
+    e.add_argument("--threshold", type=float, default=0.5, help="greedy merge threshold")
+    e.add_argument("--json")
+    pr = lsub.add_parser("predict", help="draw the top-k boxes on an image (PNG)")
+    pr.add_argument("image")
+    pr.add_argument("--weights", required=True)
+    pr.add_argument("--classifier", required=True)
+    pr.add_argument("--scales")
+    pr.add_argument("--top", type=int, default=5)
+    pr.add_argument("--threshold", type=float, default=0.5)
+    pr.add_argument("--out")
+    s.set_defaults(func=cmd_localize)
+
+    s = sub.add_parser("features", help="very deep features (section 7): dense, pooled, flipped, L2-normalised")
+    s.add_argument("--weights", action="append", required=True, help="repeat to stack several nets (D & E)")
+    s.add_argument("--model")
+    s.add_argument("--data", required=True)
+    s.add_argument("--split")
+    s.add_argument("--out", required=True, help="OUT.npy (memory-mapped) + OUT.json")
+    s.add_argument("--layer", default="relu7", help="any layer name (default relu7, the 4096-D penultimate)")
+    s.add_argument("--scales", help="e.g. 256,384,512 (default 256 at a 224 crop)")
+    s.add_argument("--aggregate", choices=("mean", "stack"), default="mean")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_features)
+
+    s = sub.add_parser("transfer", help="linear SVMs on features: mean class recall (Caltech) or mAP (VOC)")
+    s.add_argument("--features", required=True)
+    s.add_argument("--test-features", help="multi-label: the test part's features (VOC)")
+    s.add_argument("--train-per-class", type=int, default=30)
+    s.add_argument("--splits", type=int, default=3)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json")
+    s.set_defaults(func=cmd_transfer)
 
     s = sub.add_parser("export", help="export to ONNX (checked with ONNX Runtime) or verydeep's format")
     s.add_argument("--model")

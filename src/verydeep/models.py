@@ -215,6 +215,8 @@ class VGG(nn.Module):
         self.input_convention = preprocess or VERYDEEP
         self.class_names: list[str] | None = None  # label names, saved with verydeep weights
         self.train_scale: tuple[int, int] | None = None  # (Smin, Smax) it was trained at, for --scales auto
+        self.box_mode: str | None = None   # localisation nets: "scr" or "pcr" (section 6)
+        self.box_classes: int | None = None
         if len(self.input_convention.mean) != config.in_channels:
             self.input_convention = Preprocess("RGB", 255.0, (128.0,) * config.in_channels,
                                                (1.0,) * config.in_channels)

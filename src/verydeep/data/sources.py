@@ -239,6 +239,48 @@ def split(source: Source, fraction: float, seed: int = 0) -> tuple[Subset, Subse
     return Subset(source, train, "train"), Subset(source, sorted(held), "held-out")
 
 
+VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+
+
+class VOC(Source):
+    """The PASCAL VOC layout: JPEGImages/<id>.jpg, Annotations/<id>.xml, ImageSets/Main/<split>.txt. Multi-label:
+    ``targets()`` is (N, 20), an image having a class when it has an object of it; ``label`` is its first object's."""
+
+    classes = VOC_CLASSES
+
+    def __init__(self, root: str | os.PathLike, split: str = "trainval"):
+        self.root = _check_dir(Path(root), "VOC folder")
+        ids_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
+        if not ids_file.is_file():
+            raise UserError(f"{ids_file}: no such image set (VOC splits: train, val, trainval, test)")
+        self.ids = [ln.split()[0] for ln in ids_file.read_text().splitlines() if ln.strip()]
+        if not self.ids:
+            raise UserError(f"{ids_file}: empty image set")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self._ann = [parse_voc(self.root / "Annotations" / f"{i}.xml", self.class_to_idx) for i in self.ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def path(self, i: int) -> str:
+        return str(self.root / "JPEGImages" / f"{self.ids[i]}.jpg")
+
+    def labels(self) -> np.ndarray:
+        return np.array([int(a[1][0]) if len(a[1]) else -1 for a in self._ann], np.int64)
+
+    def targets(self) -> np.ndarray:
+        t = np.zeros((len(self), len(self.classes)), bool)
+        for i, (_, labels, _) in enumerate(self._ann):
+            t[i, labels[labels >= 0]] = True
+        return t
+
+    def read(self, i: int) -> Sample:
+        boxes, labels, size = self._ann[i]
+        return Sample(read_bytes(self.path(i)), int(labels[0]) if len(labels) else -1, self.path(i), boxes, labels,
+                      size)
+
+
 def open_source(path: str | os.PathLike, split: str | None = None, **kw) -> Source:
     """Open a dataset by path: a shard folder or index (shards.json), 'fashion-mnist[:train|test]', a folder with a
     labels file (labels.txt / val_labels.txt), or an ImageNet-layout folder (with <path>/<split> if given)."""
@@ -254,6 +296,8 @@ def open_source(path: str | os.PathLike, split: str | None = None, **kw) -> Sour
         path = path / split
     if path.name == SHARD_INDEX or (path / SHARD_INDEX).is_file():
         return TarShards(path)
+    if (path / "JPEGImages").is_dir() and (path / "ImageSets").is_dir():
+        return VOC(path, split or "trainval")
     for name in ("labels.txt", "val_labels.txt"):
         if (path / name).is_file():
             return ImageList(path, path / name, **kw)

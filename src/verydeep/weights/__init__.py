@@ -36,6 +36,7 @@ class Tensors:
     config: VGGConfig | None = None  # verydeep files carry their architecture
     class_names: list[str] | None = None
     train_scale: tuple[int, int] | None = None
+    box: tuple[str, int] | None = None  # localisation nets: (mode, classes)
 
 
 MAGIC_HDF5 = b"\x89HDF\r\n\x1a\n"
@@ -145,6 +146,8 @@ def assign(model: VGG, t: Tensors, path: str | os.PathLike = "<weights>", strict
         model.class_names = list(t.class_names)
     if t.train_scale is not None:
         model.train_scale = tuple(t.train_scale)
+    if t.box is not None:
+        model.box_mode, model.box_classes = t.box
 
 
 def load_into(model: VGG, path: str | os.PathLike, strict: bool = True, fmt: str | None = None) -> VGG:

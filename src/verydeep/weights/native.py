@@ -19,7 +19,8 @@ def write(model: VGG, path: Path) -> None:
 
     header = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(),
               "preprocess": model.input_convention.to_dict(), "class_names": model.class_names,
-              "train_scale": list(model.train_scale) if model.train_scale else None}
+              "train_scale": list(model.train_scale) if model.train_scale else None,
+              "box": [model.box_mode, model.box_classes] if model.box_mode else None}
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(sd, tmp, metadata={"verydeep": json.dumps(header)}))
 
@@ -43,6 +44,7 @@ def read(path: Path) -> Tensors:
             t.preprocess = Preprocess.from_dict(header["preprocess"])
             t.class_names = header.get("class_names")
             t.train_scale = tuple(header["train_scale"]) if header.get("train_scale") else None
+            t.box = (str(header["box"][0]), int(header["box"][1])) if header.get("box") else None
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, WeightsError):
                 raise

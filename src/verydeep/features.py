@@ -1,0 +1,94 @@
+"""Very deep features for other datasets (PAPER.md section 7, the paper's Appendix B): a net applied densely at one
+or several scales Q; a layer's map (the penultimate relu7, 4096-D, by default) globally average-pooled; averaged
+with the flipped image's; scales averaged or stacked; several nets stacked; L2-normalised. Written as a
+memory-mapped .npy with a JSON index, resumable: a killed extraction continues where it stopped."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.sources import Source
+from .errors import UserError
+from .models import VGG
+from .transforms import BadImage, _to_rgb, decode, rescale, to_uint8
+
+log = logging.getLogger("verydeep")
+
+
+@torch.inference_mode()
+def descriptor(models: list[VGG], img, scales: list[int], layer: str = "relu7", aggregate: str = "mean") -> np.ndarray:
+    """One image's descriptor: per net and scale, the dense `layer` map pooled over space and averaged with the
+    mirror image's; scales averaged ("mean", VOC) or concatenated ("stack", Caltech); nets concatenated; L2-norm."""
+    if aggregate not in ("mean", "stack"):
+        raise UserError(f"--aggregate {aggregate!r}: choose mean or stack")
+    parts = []
+    for m in models:
+        per_scale = []
+        for q in scales:
+            x = m.preprocess(to_uint8(rescale(img, q))[None].float() / 255)
+            both = torch.cat([x, x.flip(3)])
+            f = m.extract(both, [layer], dense=True)[layer]
+            pooled = f.mean((2, 3)) if f.ndim == 4 else f
+            per_scale.append(pooled.mean(0))
+        parts.append(torch.stack(per_scale).mean(0) if aggregate == "mean" else torch.cat(per_scale))
+    d = torch.cat(parts).double()
+    return (d / d.norm().clamp_min(1e-12)).float().numpy()
+
+
+def dimension(models: list[VGG], scales: list[int], layer: str, aggregate: str) -> int:
+    dims = []
+    for m in models:
+        x = torch.zeros(1, m.config.in_channels, m.config.crop_size, m.config.crop_size)
+        with torch.inference_mode():
+            c = m.extract(x, [layer], dense=True)[layer].shape[1]
+        dims.append(c * (len(scales) if aggregate == "stack" else 1))
+    return sum(dims)
+
+
+def extract(models: list[VGG], source: Source, out: str | Path, scales: list[int], layer: str = "relu7",
+            aggregate: str = "mean", progress: bool = True) -> tuple[np.ndarray, dict]:
+    """Descriptors of every image into OUT.npy (memory-mapped, float32) + OUT.json (paths, labels, settings).
+    Rerunning with the same settings continues an interrupted extraction."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    npy, meta_path = out.with_suffix(".npy"), out.with_suffix(".json")
+    n, dim = len(source), dimension(models, scales, layer, aggregate)
+    settings = {"layer": layer, "scales": scales, "aggregate": aggregate, "images": n, "dim": dim,
+                "nets": [str(m.config) for m in models]}
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() and npy.is_file() else None
+    if meta is not None and meta.get("settings") != settings:
+        raise UserError(f"{meta_path}: holds features with other settings; choose another --out")
+    if meta is None:
+        meta = {"settings": settings, "done": 0, "paths": [source.path(i) for i in range(n)],
+                "labels": source.labels().tolist(), "classes": list(source.classes), "skipped": []}
+        if hasattr(source, "targets"):  # multi-label (VOC)
+            meta["targets"] = source.targets().astype(int).tolist()
+        np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(n, dim)).flush()
+    feats = np.load(npy, mmap_mode="r+")
+    start = meta["done"]
+    if start and progress:
+        log.warning("resuming feature extraction at image %d of %d", start, n)
+    bar = tqdm(total=n, initial=start, unit="img", desc="features", disable=not progress, mininterval=1.0)
+    for i in range(start, n):
+        try:
+            s = source.read(i)
+            img = decode(s.image, min(scales)) if isinstance(s.image, bytes) else _to_rgb(s.image)
+            feats[i] = descriptor(models, img, scales, layer, aggregate)
+        except BadImage as e:
+            feats[i] = 0
+            meta["skipped"].append(i)
+            log.warning("%s: skipped (%s)", source.path(i), e)
+        bar.update(1)
+        if (i + 1) % 64 == 0 or i + 1 == n:  # the features reach the disk before the index says so
+            feats.flush()
+            meta["done"] = i + 1
+            meta_path.write_text(json.dumps(meta))
+    bar.close()
+    meta["done"] = n
+    meta_path.write_text(json.dumps(meta))
+    return np.load(npy, mmap_mode="r"), meta

@@ -1,0 +1,95 @@
+"""Linear SVMs on very deep features (PAPER.md section 7): multi-class with mean class recall over random splits
+with a fixed number of training images per class (Caltech-101/256), and multi-label with per-class average
+precision and mAP (PASCAL VOC), in both VOC definitions: VOC2007's 11-point interpolation and VOC2010+'s area."""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UserError
+
+
+def precision_recall(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall at each rank of the scores sorted descending (positives: booleans)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    tp = np.cumsum(np.asarray(positives, bool)[order])
+    fp = np.cumsum(~np.asarray(positives, bool)[order])
+    npos = max(int(np.sum(positives)), 1)
+    return tp / np.maximum(tp + fp, 1e-12), tp / npos
+
+
+def ap_voc07(scores, positives) -> float:
+    """VOC2007: the mean over recall levels 0, 0.1, ..., 1 of the maximum precision at recall >= that level."""
+    prec, rec = precision_recall(scores, positives)
+    return float(np.mean([prec[rec >= t].max() if (rec >= t).any() else 0.0 for t in np.linspace(0, 1, 11)]))
+
+
+def ap_area(scores, positives) -> float:
+    """VOC2010+: the area under the precision-recall curve with precision made monotonically decreasing."""
+    prec, rec = precision_recall(scores, positives)
+    mrec = np.concatenate([[0.0], rec, [1.0]])
+    mpre = np.concatenate([[0.0], prec, [0.0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    idx = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def _svm(x, y, cs, folds, seed):
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.svm import LinearSVC
+
+    n_min = int(np.bincount(y).min()) if len(np.unique(y)) > 1 else 0
+    base = LinearSVC(dual="auto", max_iter=20000)
+    if n_min >= 2:
+        cv = StratifiedKFold(min(folds, n_min), shuffle=True, random_state=seed)
+        return GridSearchCV(base, {"C": cs}, cv=cv).fit(x, y).best_estimator_
+    return base.set_params(C=cs[len(cs) // 2]).fit(x, y)
+
+
+def multiclass(features: np.ndarray, labels: np.ndarray, train_per_class: int, splits: int = 3, seed: int = 0,
+               cs=(0.01, 0.1, 1.0, 10.0), folds: int = 3, test_per_class: int | None = None) -> dict:
+    """Caltech protocol: per split, train_per_class random training images per class, the rest (or
+    test_per_class) for testing; C by cross-validation on the training part; mean class recall; mean +- std."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    short = [int(c) for c in classes if (labels == c).sum() <= train_per_class]
+    if short:
+        raise UserError(f"class {short[0]} has no image left for testing with {train_per_class} training images "
+                        f"per class")
+    recalls = []
+    for s in range(splits):
+        rng = np.random.default_rng((seed, s))
+        train, test = [], []
+        for c in classes:
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            train += idx[:train_per_class].tolist()
+            rest = idx[train_per_class:]
+            test += (rest[:test_per_class] if test_per_class else rest).tolist()
+        clf = _svm(features[train], labels[train], list(cs), folds, seed)
+        pred = clf.predict(features[test])
+        per_class = [float((pred[labels[test] == c] == c).mean()) for c in classes]
+        recalls.append(float(np.mean(per_class)))
+    return {"mean_class_recall": float(np.mean(recalls)), "std": float(np.std(recalls)), "splits": recalls,
+            "train_per_class": train_per_class}
+
+
+def multilabel(features: np.ndarray, targets: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int = 0,
+               cs=(0.01, 0.1, 1.0, 10.0), folds: int = 3) -> dict:
+    """VOC protocol: one-vs-rest linear SVMs; per-class AP on the test part in both definitions, and their means.
+    A class without both positives and negatives in the training part, or without positives in the test part, has
+    no AP (NaN) and is left out of the means."""
+    targets = np.asarray(targets, bool)
+    ap07, ap12 = [], []
+    for k in range(targets.shape[1]):
+        if len(np.unique(targets[train, k])) < 2 or not targets[test, k].any():
+            ap07.append(float("nan"))
+            ap12.append(float("nan"))
+            continue
+        clf = _svm(features[train], targets[train, k].astype(int), list(cs), folds, seed)
+        scores = clf.decision_function(features[test])
+        ap07.append(ap_voc07(scores, targets[test, k]))
+        ap12.append(ap_area(scores, targets[test, k]))
+    if all(np.isnan(ap12)):
+        raise UserError("no class has positives and negatives in the training part and positives in the test part")
+    return {"ap_voc07": ap07, "ap_area": ap12, "map_voc07": float(np.nanmean(ap07)),
+            "map_area": float(np.nanmean(ap12)), "classes_scored": int(np.sum(~np.isnan(ap12)))}
