@@ -20,7 +20,7 @@ fashion-mnist:
 	   apt-get install -y -qq dataset-fashion-mnist)) >/dev/null 2>&1 || true; fi
 
 demo: $(STAMP) fashion-mnist
-	$(BIN)/verydeep demo
+	$(BIN)/verydeep reproduce --quick
 
 test: $(STAMP)
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q

@@ -261,6 +261,12 @@ def cmd_data(args) -> int:
         index = pack(open_source(args.src), args.dst, args.shard_size)
         print(f"wrote {index['count']} samples in {len(index['shards'])} shards to {args.dst} "
               f"({index['skipped']} unreadable files skipped)")
+    elif args.data_command == "mini-ilsvrc":
+        from .mini import MiniConfig, build
+
+        m = build(args.out, MiniConfig(seed=args.seed, train_per_class=args.train_per_class,
+                                       val_per_class=args.val_per_class, test_per_class=args.test_per_class))
+        print(f"mini-ILSVRC in {args.out}: {m['counts']} images, 10 classes, VOC boxes beside each image")
     elif args.data_command == "fashion-mnist":
         from .data.fashion_mnist import find, load_arrays
 
@@ -382,44 +388,11 @@ def cmd_transfer(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    """The README's main job: Table 2, then a real training run on Fashion-MNIST (found on the machine or
-    downloaded with checksums) with the paper's recipe at a small scale, then the paper's test protocols."""
-    import logging
+def cmd_reproduce(args) -> int:
+    from .reproduce import main as reproduce
 
-    from .data import Subset, open_source
-    from .evaluate import Evaluator, format_table, measure, train_scale_text
-    from .train import make_config, train
-    from .weights import load
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    cmd_info(argparse.Namespace(name=None))
-    run_dir = Path(args.run_dir)
-    print(f"\n== training net A (width 1/4, FC 256, 32x32 crops, S = 37, i.e. the paper's 256 at this crop) on "
-          f"Fashion-MNIST for {args.epochs} epoch(s) -> {run_dir}")
-    cfg = make_config({"data": "fashion-mnist", "model": "A", "width": 0.25, "fc_width": 256, "crop": 32,
-                       "batch_size": 64, "init": "glorot", "lr": 0.01, "max_epochs": args.epochs,
-                       "run_dir": run_dir, "force": True, "workers": 2, "progress": not args.no_progress})
-    t0 = time.perf_counter()
-    train(cfg)
-    print(f"trained in {time.perf_counter() - t0:.0f} s")
-    model = load(run_dir / "model.safetensors")
-    test = open_source("fashion-mnist:test")
-    test = Subset(test, range(min(args.images, len(test))), f"first {args.images}")
-    print(f"\n== evaluating on {len(test)} Fashion-MNIST test images with the paper's protocols (section 3)")
-    rows = []
-    for scales in ([37], [32, 37, 42]):
-        ev = Evaluator(model, batch_size=64, workers=2, progress=not args.no_progress)
-        post = ev.run(test, ["center", "dense", "multicrop", "dense+multicrop"], scales)
-        for p in ("center", "dense", "multicrop", "dense+multicrop"):
-            rows.append(measure(post.combine(p, scales), post, "A/4", train_scale_text(model), scales, p))
-        print(f"Q = {','.join(map(str, scales))}: {ev.forward_images} net passes (crops or whole images) in "
-              f"{ev.seconds:.1f} s")
-    print(format_table(rows))
-    (run_dir / "evaluation.md").write_text(format_table(rows, "markdown") + "\n")
-    print(f"\nwrote {run_dir / 'evaluation.md'}; curves: verydeep plot {run_dir}; predictions: verydeep predict "
-          f"--weights {run_dir / 'model.safetensors'} IMAGE")
-    return 0
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    return reproduce(args.out or ("runs/quick" if args.quick else "runs/study"), args.quick, seeds, args.data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -580,14 +553,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("dst")
     d.add_argument("--shard-size", default="1000", help="samples per shard (1000) or bytes (512MB)")
     dsub.add_parser("fashion-mnist", help="find (or download, SHA-256 checked) Fashion-MNIST")
+    d = dsub.add_parser("mini-ilsvrc", help="build the miniature ILSVRC (classification + boxes) from Fashion-MNIST")
+    d.add_argument("out")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--train-per-class", type=int, default=500)
+    d.add_argument("--val-per-class", type=int, default=50)
+    d.add_argument("--test-per-class", type=int, default=100)
     s.set_defaults(func=cmd_data)
 
-    s = sub.add_parser("demo", help="Table 2, a real training run on Fashion-MNIST, the paper's test protocols")
-    s.add_argument("--run-dir", default="runs/demo")
-    s.add_argument("--epochs", type=int, default=1)
-    s.add_argument("--images", type=int, default=2000, help="test images to evaluate")
-    s.add_argument("--no-progress", action="store_true")
-    s.set_defaults(func=cmd_demo)
+    s = sub.add_parser("reproduce", help="the paper's experiments in miniature on mini-ILSVRC (REPORT.md + plots)")
+    s.add_argument("--quick", action="store_true", help="nets A and D, one seed, a few epochs: under 5 minutes")
+    s.add_argument("--out", help="study folder (default runs/study, or runs/quick)")
+    s.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
+    s.add_argument("--data", help="an existing mini-ILSVRC folder (default: built in OUT/data)")
+    s.set_defaults(func=cmd_reproduce)
     return p
 
 

@@ -1,0 +1,106 @@
+"""The miniature ILSVRC (determinism, tight boxes inside the canvas, disjoint splits) and the study runner."""
+import hashlib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from verydeep.data import ImageFolder
+from verydeep.mini import CLASS_DIRS, MiniConfig, build, compose
+
+
+def fake_arrays(per_class_train=12, per_class_test=4, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def make(per_class):
+        labels = np.repeat(np.arange(10), per_class)
+        images = np.zeros((len(labels), 28, 28), np.uint8)
+        for k in range(len(labels)):
+            y0, x0 = rng.integers(2, 8, 2)
+            images[k, y0:y0 + 14, x0:x0 + 12] = rng.integers(120, 255)
+        return images, labels
+
+    (a, b), (c, d) = make(per_class_train), make(per_class_test)
+    return a, b, c, d
+
+
+SMALL = MiniConfig(seed=3, train_per_class=4, val_per_class=2, test_per_class=3, min_side=48, max_side=64)
+
+
+def digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_build_is_deterministic_and_complete(tmp_path):
+    m1 = build(tmp_path / "a", SMALL, fake_arrays(), workers=1, progress=False)
+    build(tmp_path / "b", SMALL, fake_arrays(), workers=2, progress=False)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert m1["counts"] == {"train": 40, "val": 20, "test": 30}
+    src = ImageFolder(tmp_path / "a" / "train")
+    assert src.classes == sorted(CLASS_DIRS) and len(src) == 40
+    other = MiniConfig(seed=4, train_per_class=4, val_per_class=2, test_per_class=3, min_side=48, max_side=64)
+    build(tmp_path / "c", other, fake_arrays(), workers=1, progress=False)
+    assert digest(tmp_path / "c") != digest(tmp_path / "a")
+
+
+def test_boxes_are_tight_and_inside_the_canvas(tmp_path):
+    build(tmp_path / "m", SMALL, fake_arrays(), workers=1, progress=False)
+    for xml in (tmp_path / "m").rglob("*.xml"):
+        r = ET.parse(xml).getroot()
+        w, h = int(r.findtext("size/width")), int(r.findtext("size/height"))
+        b = [int(r.findtext(f"object/bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
+        assert 1 <= b[0] < b[2] <= w and 1 <= b[1] < b[3] <= h
+        assert r.findtext("object/name") == xml.parent.name
+
+
+def test_box_is_the_objects_extent():
+    item = np.zeros((28, 28), np.uint8)
+    item[7:21, 5:23] = 255                    # a 18 x 14 block
+    cfg = MiniConfig(min_object=0.5, max_object=0.5, fragments=0)
+    arr, box, (w, h) = compose(item, item[None], cfg, np.random.default_rng(0))
+    short = min(w, h)
+    size = round(short * 0.5)
+    k = size / 28
+    assert box[2] - box[0] + 1 == pytest.approx(18 * k, abs=2.5) and box[3] - box[1] + 1 == pytest.approx(14 * k, abs=2.5)
+    assert arr.shape == (h, w, 3)
+
+
+def test_splits_are_disjoint(tmp_path):
+    m = build(tmp_path / "m", SMALL, fake_arrays(), workers=1, progress=False)
+    assert not set(m["items"]["train"]) & set(m["items"]["val"])
+    assert len(set(m["items"]["train"])) == 40  # no object twice in a split
+    # test items come from Fashion-MNIST's own test split: recorded in each XML's source
+    src = {int(ET.parse(x).getroot().findtext("source/item")) for x in (tmp_path / "m" / "test").rglob("*.xml")}
+    assert src == set(m["items"]["test"])
+
+
+def test_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="not a mini-ILSVRC folder"):
+        build(tmp_path / "x", SMALL, fake_arrays(), progress=False)
+
+
+def test_quick_study_end_to_end(tmp_path, monkeypatch):
+    from verydeep import reproduce as R
+    from verydeep.report import write_report
+
+    data = tmp_path / "data"
+    build(data, MiniConfig(train_per_class=8, val_per_class=2, test_per_class=2, min_side=48, max_side=64),
+          fake_arrays(per_class_train=12), workers=1, progress=False)
+    cfg = R.StudyConfig(out=str(tmp_path / "study"), data=str(data), seeds=[0], crop=32, width=1 / 8, fc_width=32,
+                        batch_size=8, epochs=1, finetune_epochs=1, test_images=20, workers=0, precision="fp32",
+                        quick=True)
+    study = R.Study(cfg)
+    cells = study.run()
+    assert set(cells) == {"t3", "t4", "t5"} and set(cells["t3"]) == {"A", "D"}
+    text = write_report(study, cells)
+    assert "Table 3" in text and "| A |" in text and (tmp_path / "study" / "REPORT.md").is_file()
+    before = (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime
+    R.Study(cfg).run()  # cached: nothing retrained
+    assert (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime == before
