@@ -45,6 +45,9 @@ def verdict(mean: float, std: float, n: int, expected_sign: int) -> str:
     reproduced when it has the opposite sign beyond one standard error; otherwise inconclusive."""
     if n == 0 or math.isnan(mean):
         return "not run"
+    if n == 1:  # no spread to judge against
+        return "paper's direction (1 seed, no spread)" if mean * expected_sign > 0 else \
+            "opposite direction (1 seed, no spread)"
     se = std / math.sqrt(n) if n > 1 and not math.isnan(std) else float("inf")
     if mean * expected_sign > se:
         return "reproduced"

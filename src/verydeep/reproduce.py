@@ -210,6 +210,15 @@ class Study:
         (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
         return cells
 
+    def cached(self, name: str, compute):
+        """A small JSON result cached in OUT/eval, so that a report is rebuilt without recomputing it."""
+        path = self.out / "eval" / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        value = compute()
+        path.write_text(json.dumps(value))
+        return value
+
     def fusion(self, seed: int, q3: list[int], add) -> None:
         """Table 6: the two best nets (by their multi-scale dense top-1 error on this seed) fused."""
         cands = ["Cj", "Dj", "Ej"]
@@ -242,7 +251,8 @@ class Study:
                 net, _ = localize.train(load(self.train("D384", seed)), open_source(self.data, split="train"), cfg,
                                         progress=False)
                 save(net, path)
-            r = localize.centre_crop_error(localize.load(path), self.test_source(), self.cfg.scale(384))
+            r = self.cached(f"loc-{mode}-{layers}-s{seed}", lambda: localize.centre_crop_error(
+                localize.load(path), self.test_source(), self.cfg.scale(384)))
             add("t8", f"{mode}-{layers}", seed, 100 * r["error"])
 
     def transfer(self, seed: int, add) -> None:
@@ -255,6 +265,12 @@ class Study:
         from .transfer import multiclass
         from .weights import load
 
+        done = self.out / "eval" / f"transfer-s{seed}.json"
+        if done.is_file():
+            for key, value in json.loads(done.read_text()).items():
+                add("transfer", key, seed, value)
+            return
+        found = {}
         digits = load_digits()
         rng = np.random.default_rng(seed)
         idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(digits.target == c), 60, replace=False)
@@ -267,7 +283,9 @@ class Study:
         for key, members in (("D", ["Dj"]), ("E", ["Ej"]), ("D&E", ["Dj", "Ej"])):
             x = np.stack([descriptor([nets[m] for m in members], im, q3, "relu7", "stack") for im in images])
             r = multiclass(x, labels, self.cfg.transfer_per_class, 3, seed)
-            add("transfer", key, seed, 100 * r["mean_class_recall"])
+            found[key] = 100 * r["mean_class_recall"]
+            add("transfer", key, seed, found[key])
+        done.write_text(json.dumps(found))
 
 
 def main(out: str, quick: bool, seeds: list[int] | None = None, data: str | None = None) -> int:
