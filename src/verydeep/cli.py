@@ -142,7 +142,7 @@ def cmd_evaluate(args) -> int:
     if args.train_scale:
         v = [int(x) for x in args.train_scale.split(",")]
         train_scale = (v[0], v[-1])
-    rows, fused, names = [], [], []
+    rows, names = [], []
     posts = [Posteriors.load(p) for p in args.fuse or []]
     source = None
     if args.weights:
@@ -177,7 +177,6 @@ def cmd_evaluate(args) -> int:
             post.save(out)
             print(f"wrote per-image posteriors to {out}")
         posts.append(post)
-        fused.append((scales, post))
     if len(posts) > 1:
         for p in protocols:
             members = []
