@@ -127,7 +127,7 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from .data import Subset, open_source
-    from .evaluate import (PROTOCOLS, Evaluator, Posteriors, format_table, measure, parse_scales,
+    from .evaluate import (PROTOCOLS, Evaluator, Posteriors, format_table, measure, parse_scales, parts,
                            train_scale_text)
     from .weights import load
 
@@ -181,8 +181,7 @@ def cmd_evaluate(args) -> int:
         for p in protocols:
             members = []
             for post in posts:
-                qs = sorted({q for (pp, q) in post.probs if pp in (("dense", "multicrop") if p == "dense+multicrop"
-                                                                 else (p,))})
+                qs = sorted({q for (pp, q) in post.probs if pp in parts(p)})
                 members.append(post.combine(p, qs))
             base = posts[0]
             if any(len(post.labels) != len(base.labels) or (post.labels != base.labels).any() for post in posts):
@@ -288,6 +287,7 @@ def cmd_localize(args) -> int:
 
     from . import localize
     from .data import open_source
+    from .evaluate import parse_scales
     from .transforms import load_rgb
     from .weights import load
 
@@ -312,7 +312,7 @@ def cmd_localize(args) -> int:
                   f"error {100 * r['error']:.2f}% on {r['images']} images")
         else:
             classifier = load(args.classifier)
-            scales = [int(q) for q in (args.scales or str(scale)).split(",")]
+            scales = parse_scales(args.scales or str(scale), net)
             r = localize.dense_error(net, classifier, source, scales, args.threshold)
             print(f"protocol 2 (dense, Q={scales}, greedy merge): top-5 localisation error "
                   f"{100 * r['top5_loc_error']:.2f}%, with the ground-truth class {100 * r['gt_class_loc_error']:.2f}%"
@@ -323,7 +323,7 @@ def cmd_localize(args) -> int:
         net = localize.load(Path(args.weights))
         classifier = load(args.classifier)
         img = load_rgb(args.image)
-        scales = [int(q) for q in (args.scales or str(round(net.config.crop_size * 256 / 224))).split(",")]
+        scales = parse_scales(args.scales, net)
         preds = localize.dense_boxes(net, classifier, img, scales, args.top, args.threshold)
         out = Path(args.out or Path(args.image).with_suffix(".boxes.png").name)
         names = classifier.class_names or [str(i) for i in range(classifier.config.num_classes)]

@@ -28,11 +28,30 @@ from .data.loader import Skip, _worker_init
 from .data.sources import Source
 from .errors import UserError
 from .models import VGG
-from .transforms import _to_rgb, decode, grid_positions, rescale, to_tensor, to_uint8
+from .transforms import as_rgb, grid_positions, rescale, to_tensor, to_uint8
 
 log = logging.getLogger("verydeep")
 PROTOCOLS = ("center", "dense", "multicrop", "dense+multicrop")
 BASE = ("center", "dense", "multicrop")
+
+
+def parts(protocol: str) -> tuple[str, ...]:
+    """The base protocols a protocol averages (Table 5: dense+multicrop is the mean of the two)."""
+    return ("dense", "multicrop") if protocol == "dense+multicrop" else (protocol,)
+
+
+def center_view(big: torch.Tensor, crop: int) -> torch.Tensor:
+    """The central CxC crop of a uint8 (3, H, W) image, as a batch of one."""
+    h, w = big.shape[1:]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return big[None, :, top:top + crop, left:left + crop]
+
+
+def grid_views(big: torch.Tensor, crop: int) -> torch.Tensor:
+    """The 5x5 grid of CxC crops of a uint8 (3, H, W) image and their mirrors: (50, 3, C, C)."""
+    h, w = big.shape[1:]
+    views = torch.stack([big[:, y:y + crop, x:x + crop] for x, y in grid_positions(w, h, crop)])
+    return torch.cat([views, views.flip(3)])
 
 
 def auto_scales(train_scale: tuple[int, int] | None, crop: int, multi: bool) -> list[int]:
@@ -80,7 +99,7 @@ class ScaledImages(Dataset):
     def __getitem__(self, i: int):
         try:
             s = self.source.read(i)
-            img = decode(s.image, min(self.scales)) if isinstance(s.image, bytes) else _to_rgb(s.image)
+            img = as_rgb(s.image, min(self.scales))
             return i, s.label, {q: to_uint8(rescale(img, q)) for q in self.scales}
         except Exception as e:
             return Skip(self.source.path(i), getattr(e, "reason", type(e).__name__), str(e)[:200])
@@ -101,8 +120,7 @@ class Posteriors:
 
     def combine(self, protocol: str, scales: list[int]) -> np.ndarray:
         """Average over scales (Table 4); dense+multicrop averages the two protocols (Table 5)."""
-        parts = ("dense", "multicrop") if protocol == "dense+multicrop" else (protocol,)
-        return np.mean([np.mean([self.probs[(p, q)] for q in scales], 0) for p in parts], 0)
+        return np.mean([np.mean([self.probs[(p, q)] for q in scales], 0) for p in parts(protocol)], 0)
 
     def save(self, path: Path) -> None:
         arrays = {f"{p}@{q}": v for (p, q), v in self.probs.items()}
@@ -163,8 +181,7 @@ class Evaluator:
     def run(self, source: Source, protocols: list[str], scales: list[int]) -> Posteriors:
         from tqdm import tqdm
 
-        base = sorted({b for p in protocols for b in (("dense", "multicrop") if p == "dense+multicrop" else (p,))},
-                      key=BASE.index)
+        base = sorted({b for p in protocols for b in parts(p)}, key=BASE.index)
         crop, n, classes = self.model.config.crop_size, len(source), self.model.config.num_classes
         probs = {(p, q): np.zeros((n, classes), np.float32) for p in base for q in scales}
         labels = np.full(n, -1, np.int64)
@@ -212,11 +229,9 @@ class Evaluator:
                     buckets[(q, h, w)].append((i, big))
                     flush_dense((q, h, w))
                 if "center" in base:
-                    top, left = (h - crop) // 2, (w - crop) // 2
-                    pending.append((i, q, "center", big[None, :, top:top + crop, left:left + crop]))
+                    pending.append((i, q, "center", center_view(big, crop)))
                 if "multicrop" in base:
-                    views = torch.stack([big[:, y:y + crop, x:x + crop] for x, y in grid_positions(w, h, crop)])
-                    pending.append((i, q, "multicrop", torch.cat([views, views.flip(3)])))
+                    pending.append((i, q, "multicrop", grid_views(big, crop)))
             flush_crops()
         for key in list(buckets):
             flush_dense(key, force=True)
@@ -320,23 +335,20 @@ def predict_image(model: VGG, img: Image.Image, protocol: str = "dense", scales:
     scales = scales or [round(crop * 256 / 224)]
     ev = Evaluator(model, next(model.parameters()).device, batch_size=16, workers=0, precision=precision,
                    progress=False)
-    parts = ("dense", "multicrop") if protocol == "dense+multicrop" else (protocol,)
+    base = parts(protocol)
     out = []
     for q in scales:
         if q < crop:
             raise ValueError(f"test scale {q} is smaller than the {crop} crop")
         big = to_uint8(rescale(img, q))
-        h, w = big.shape[1:]
-        for p in parts:
+        for p in base:
             if p == "dense":
                 out.append(ev.dense_posteriors(big[None])[0])
             elif p == "center":
-                top, left = (h - crop) // 2, (w - crop) // 2
-                out.append(ev.crops_posteriors(big[None, :, top:top + crop, left:left + crop])[0])
+                out.append(ev.crops_posteriors(center_view(big, crop))[0])
             else:
-                views = torch.stack([big[:, y:y + crop, x:x + crop] for x, y in grid_positions(w, h, crop)])
-                out.append(ev.crops_posteriors(torch.cat([views, views.flip(3)])).mean(0))
-    return torch.stack(out).view(len(scales), len(parts), -1).mean((0, 1))
+                out.append(ev.crops_posteriors(grid_views(big, crop)).mean(0))
+    return torch.stack(out).view(len(scales), len(base), -1).mean((0, 1))
 
 
 def explain(model: VGG, img: Image.Image, out: Path, scale: int | None = None, names: list[str] | None = None) -> dict:

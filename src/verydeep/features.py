@@ -14,7 +14,7 @@ import torch
 from .data.sources import Source
 from .errors import UserError
 from .models import VGG
-from .transforms import BadImage, _to_rgb, decode, rescale, to_uint8
+from .transforms import BadImage, as_rgb, rescale, to_uint8
 
 log = logging.getLogger("verydeep")
 
@@ -77,7 +77,7 @@ def extract(models: list[VGG], source: Source, out: str | Path, scales: list[int
     for i in range(start, n):
         try:
             s = source.read(i)
-            img = decode(s.image, min(scales)) if isinstance(s.image, bytes) else _to_rgb(s.image)
+            img = as_rgb(s.image, min(scales))
             feats[i] = descriptor(models, img, scales, layer, aggregate)
         except BadImage as e:
             feats[i] = 0

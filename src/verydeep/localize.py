@@ -17,7 +17,7 @@ from .data.loader import EpochSampler, _worker_init
 from .data.sources import Source
 from .errors import UserError
 from .models import VGG, VGGConfig
-from .transforms import _to_rgb, crop_position, decode, rescale, to_uint8
+from .transforms import as_rgb, crop_position, rescale, to_uint8
 
 log = logging.getLogger("verydeep")
 MODES = ("scr", "pcr")
@@ -114,6 +114,12 @@ def box_outputs(net: VGG, out: torch.Tensor, labels: torch.Tensor | None) -> tor
 
 
 # --------------------------------------------------------------------------------------------------- data
+def class_boxes(sample) -> np.ndarray:
+    """The ground-truth boxes of the sample's own class (all of its boxes when none is labelled with it)."""
+    mine = sample.box_labels == sample.label
+    return sample.boxes[mine] if mine.any() else sample.boxes
+
+
 class BoxCrops(Dataset):
     """Training views with their box (section 6: fixed S, crops and flips that keep the box consistent). The crop
     is drawn so that the box centre lies inside it (10 tries, else centred on the box); the box is clipped."""
@@ -128,10 +134,10 @@ class BoxCrops(Dataset):
         epoch, i = key if isinstance(key, tuple) else (0, key)
         try:
             s = self.source.read(i)
-            boxes = s.boxes[s.box_labels == s.label] if (s.box_labels == s.label).any() else s.boxes
+            boxes = class_boxes(s)
             if not len(boxes):
                 return None
-            img = decode(s.image, self.scale) if isinstance(s.image, bytes) else _to_rgb(s.image)
+            img = as_rgb(s.image, self.scale)
             box = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))]
             big = rescale(img, self.scale)
             big_w, big_h = big.size
@@ -231,10 +237,10 @@ def centre_crop_error(net: VGG, source: Source, scale: int) -> dict:
     wrong, n = 0, 0
     for i in range(len(source)):
         s = source.read(i)
-        boxes = s.boxes[s.box_labels == s.label] if (s.box_labels == s.label).any() else s.boxes
+        boxes = class_boxes(s)
         if not len(boxes):
             continue
-        img = decode(s.image, scale) if isinstance(s.image, bytes) else _to_rgb(s.image)
+        img = as_rgb(s.image, scale)
         big = rescale(img, scale)
         big_w, big_h = big.size
         k = big_w / (s.size or img.size)[0]
@@ -295,7 +301,7 @@ def dense_error(net: VGG, classifier: VGG, source: Source, scales: list[int], th
         s = source.read(i)
         if not len(s.boxes):
             continue
-        img = decode(s.image) if isinstance(s.image, bytes) else _to_rgb(s.image)
+        img = as_rgb(s.image)
         if s.size and img.size != tuple(s.size):
             img = img.resize(tuple(s.size))
         gt_labels = s.box_labels if (s.box_labels >= 0).any() else np.full(len(s.boxes), s.label)

@@ -106,6 +106,13 @@ def _decode_pillow(data: bytes, min_side: int | None, max_pixels: int) -> Image.
     return _to_rgb(img)
 
 
+def as_rgb(image: bytes | Image.Image, min_side: int | None = None) -> Image.Image:
+    """A sample's image as RGB: encoded bytes are decoded (at a DCT scale keeping min_side), pixels converted."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode(bytes(image), min_side)
+    return _to_rgb(image)
+
+
 def read_bytes(path: str | os.PathLike) -> bytes:
     """A file's bytes, with unreadable files as BadImage (so one bad file never stops a run)."""
     try:
@@ -198,7 +205,7 @@ class TrainTransform:
     def __call__(self, image: bytes | Image.Image, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
         """One training view: uint8 (3, C, C) and the RGB colour shift to add after conversion to floats."""
         s = self.sample_scale(rng)
-        img = decode(image, min_side=s) if isinstance(image, (bytes, bytearray, memoryview)) else _to_rgb(image)
+        img = as_rgb(image, s)
         out = random_crop_resized(img, s, self.crop, rng)
         if self.flip and rng.random() < 0.5:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..errors import UserError
-from ..transforms import TrainTransform, _to_rgb, center_crop, decode, rescale, to_uint8
+from ..transforms import TrainTransform, as_rgb, center_crop, rescale, to_uint8
 from .shards import TarShards
 from .sources import Source
 
@@ -209,7 +209,7 @@ class CenterCropDataset(Dataset):
     def __getitem__(self, i: int):
         try:
             sample = self.source.read(i)
-            img = decode(sample.image, self.q) if isinstance(sample.image, bytes) else _to_rgb(sample.image)
+            img = as_rgb(sample.image, self.q)
             return to_uint8(center_crop(rescale(img, self.q), self.crop)), sample.label, np.zeros(3, np.float32), i
         except Exception as e:
             return Skip(self.source.path(i), getattr(e, "reason", type(e).__name__), str(e)[:200])

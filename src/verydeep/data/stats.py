@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..transforms import BadImage, _to_rgb, decode, rescale
+from ..transforms import BadImage, as_rgb, rescale
 from ..utils import atomic_write
 from .sources import Source
 
@@ -59,7 +59,7 @@ def compute(source: Source, max_images: int | None = None, side: int = 128, seed
     for i in tqdm(order, desc="colour stats", unit="img", disable=not progress):
         try:
             sample = source.read(int(i))
-            img = decode(sample.image, min_side=side) if isinstance(sample.image, bytes) else _to_rgb(sample.image)
+            img = as_rgb(sample.image, side)
         except BadImage as e:
             skipped += 1
             log.warning("%s: skipped (%s)", source.path(int(i)), e)
