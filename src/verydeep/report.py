@@ -199,7 +199,8 @@ def write_report(study, cells: dict) -> str:
     finding("dense + multi-crop best: err(multicrop) - err(both) > 0", e(t5, ("Dj", "multicrop")),
             e(t5, ("Dj", "dense+multicrop")), +1)
     if t6 and t5:
-        best_single = {s: min(t5[(n, "dense")][s][0] for n in ("Dj", "Ej") if (n, "dense") in t5)
+        # The fusion's competitor: the best single net among the candidates (Cj, Dj, Ej) at the same 3 scales.
+        best_single = {s: min(t4[n][s][0] for n in ("Cj", "Dj", "Ej") if s in t4.get(n, {}))
                        for s in t6.get("dense", {})}
         finding("fusing the two best nets helps: min single err - fusion err > 0",
                 {s: (v,) for s, v in best_single.items()}, t6.get("dense", {}), +1)
