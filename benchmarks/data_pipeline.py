@@ -26,6 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import verydeep.transforms as T  # noqa: E402
+from verydeep.bench import machine  # noqa: E402
 from verydeep.data import ImageFolder, LoaderConfig, TrainLoader  # noqa: E402
 
 
@@ -66,16 +67,6 @@ def per_core(fn, files, repeats) -> list[float]:
     return rates
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=200)
@@ -113,7 +104,7 @@ def main() -> int:
             n = sum(len(b.labels) for b in loader.epoch(e))
             loader_rates.append(n / (time.perf_counter() - t0))
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python "
+    print(f"machine: {machine('cpu')['cpu']}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, torch {torch.__version__}")
     print(f"{args.images} JPEGs 500x375/375x500 q90, S in [256, 512], crop 224, {args.repeats} repeats (median, "
           f"min-max)")

@@ -60,7 +60,7 @@ def test_predict_dense_is_flip_averaged_posterior(weights, image):
     from verydeep.transforms import load_rgb, rescale, to_tensor
 
     m = vd.load(weights).eval()
-    p = predict_image(m, load_rgb(image), "dense", [73])
+    p = predict_image(m, load_rgb(image), "dense", [73], precision="fp32")
     x = m.preprocess(to_tensor(rescale(load_rgb(image), 73))[None])
     with torch.no_grad():
         a = m.score_map(x).mean((2, 3)).softmax(1)

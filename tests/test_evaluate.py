@@ -31,7 +31,7 @@ def model():
 
 
 def run(model, data, protocols, scales, **kw):
-    ev = Evaluator(model, progress=False, **{"workers": 0, "batch_size": 4, **kw})
+    ev = Evaluator(model, progress=False, **{"workers": 0, "batch_size": 4, "precision": "fp32", **kw})
     return ev, ev.run(data, protocols, scales)
 
 
@@ -71,6 +71,15 @@ def test_multicrop_is_the_mean_of_50_crop_posteriors(model, data):
     np.testing.assert_allclose(post.probs[("multicrop", 70)][1], want.numpy(), atol=1e-6)
 
 
+def test_default_precision_agrees_with_fp32(model, data):
+    # The default ("auto": bf16 where the CPU computes it natively) must give the fp32 posteriors closely.
+    _, ref = run(model, data, ["center", "dense"], [72])
+    ev, post = run(model, data, ["center", "dense"], [72], precision="auto")
+    for p in ("center", "dense"):
+        diff = np.abs(post.combine(p, [72]) - ref.combine(p, [72])).max()
+        assert diff < (0.03 if ev.precision == "bf16" else 1e-5), (p, ev.precision, diff)
+
+
 def test_dense_at_the_crop_size_equals_the_fc_net(model):
     # A square image at Q = crop: the score map is 1x1 and equals the FC output (section 3).
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
@@ -78,7 +87,7 @@ def test_dense_at_the_crop_size_equals_the_fc_net(model):
     with torch.no_grad():
         assert model.score_map(x).shape[-2:] == (1, 1)
         torch.testing.assert_close(model.score_map(x)[:, :, 0, 0], model(x), rtol=1e-4, atol=1e-5)
-    p = predict_image(model, img, "dense", [64])
+    p = predict_image(model, img, "dense", [64], precision="fp32")
     with torch.no_grad():
         want = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2
     torch.testing.assert_close(p, want[0], rtol=1e-4, atol=1e-6)

@@ -8,6 +8,10 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .fast import PRECISIONS
+
+PRECISION_HELP = ("auto (default): the fastest that agrees with fp32 on this device (bf16 on AMX/AVX512-BF16 CPUs "
+                  "and CUDA, else fp32); int8: CPU post-training quantisation, opt-in (BENCHMARKS.md)")
 
 # Table 2 of the paper, millions of parameters, for `verydeep info`.
 PAPER_PARAMS_M = {"A": 133, "A-LRN": 133, "B": 133, "C": 134, "D": 138, "E": 144}
@@ -93,7 +97,7 @@ def _labels(args, model) -> list[str]:
 def cmd_predict(args) -> int:
     import torch
 
-    from .evaluate import parse_scales, predict_image
+    from .evaluate import Evaluator, parse_scales, predict_image
     from .transforms import load_rgb
 
     if args.threads:
@@ -101,10 +105,12 @@ def cmd_predict(args) -> int:
     model = _load_model(args).eval()
     names = _labels(args, model)
     scales = parse_scales(args.scales, model)
+    ev = Evaluator(model, next(model.parameters()).device, batch_size=16, workers=0, precision=args.precision,
+                   progress=False)
     results = []
     for image in args.images:
         t0 = time.perf_counter()
-        p = predict_image(model, load_rgb(image), args.protocol, scales, args.precision)
+        p = predict_image(model, load_rgb(image), args.protocol, scales, evaluator=ev)
         top = p.topk(min(args.top, p.numel()))
         entry = {"image": str(image), "protocol": args.protocol, "scales": scales,
                  "seconds": round(time.perf_counter() - t0, 4),
@@ -160,7 +166,7 @@ def cmd_evaluate(args) -> int:
                 set(source.classes):
             raise UserError(f"{w}: class order differs from {args.data}'s")
         scales = parse_scales(args.scales, model, train_scale)
-        ev = Evaluator(model, args.device, args.batch_size, args.workers, args.precision, args.channels_last,
+        ev = Evaluator(model, args.device, args.batch_size, args.workers, args.precision,
                        progress=not args.no_progress)
         post = ev.run(source, protocols, scales)
         name = Path(w).stem
@@ -346,7 +352,7 @@ def cmd_features(args) -> int:
     models = [load(w, args.model).eval() for w in args.weights]
     scales = parse_scales(args.scales, models[0])
     feats, meta = extract(models, open_source(args.data, split=args.split), args.out, scales, args.layer,
-                          args.aggregate, progress=not args.no_progress)
+                          args.aggregate, progress=not args.no_progress, precision=args.precision)
     print(f"wrote {Path(args.out).with_suffix('.npy')}: {feats.shape[0]} images x {feats.shape[1]} "
           f"({args.layer}, Q={scales}, {args.aggregate}, {len(models)} net(s)); {len(meta['skipped'])} skipped")
     return 0
@@ -394,6 +400,29 @@ def cmd_reproduce(args) -> int:
     return reproduce(args.out or ("runs/quick" if args.quick else "runs/study"), args.quick, seeds, args.data)
 
 
+def cmd_bench(args) -> int:
+    from .bench import SECTIONS, BenchConfig, run
+
+    cfg = BenchConfig(repeats=args.repeats, json=args.json, weights=args.weights or [], data=args.data,
+                      parity_images=args.parity_images, compile=not args.no_compile)
+    if args.device:
+        cfg.device = args.device
+    if args.batches:
+        cfg.batches = [int(b) for b in args.batches.split(",")]
+    if args.train_batch:
+        cfg.train_batch = args.train_batch
+    if args.only:
+        cfg.sections = args.only.split(",")
+    elif args.weights and args.data:
+        cfg.sections = list(SECTIONS)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run(cfg)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -417,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "center: one central crop (the peers'); multicrop: 5x5 grid x 2 flips")
     s.add_argument("--scales", help="test scales Q, e.g. 256,384,512, or auto / auto-multi (the paper's rules "
                                     "from the training scale); default 256 for a 224 crop")
-    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    s.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     s.add_argument("--top", type=int, default=5)
     s.add_argument("--json", action="store_true", help="print JSON")
     s.add_argument("--threads", type=int, help="CPU threads")
@@ -442,8 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--device", default="cpu")
-    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    s.add_argument("--channels-last", action="store_true")
+    s.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     s.add_argument("--threads", type=int)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_evaluate)
@@ -503,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer", default="relu7", help="any layer name (default relu7, the 4096-D penultimate)")
     s.add_argument("--scales", help="e.g. 256,384,512 (default 256 at a 224 crop)")
     s.add_argument("--aggregate", choices=("mean", "stack"), default="mean")
+    s.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_features)
 
@@ -566,6 +595,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
     s.add_argument("--data", help="an existing mini-ILSVRC folder (default: built in OUT/data)")
     s.set_defaults(func=cmd_reproduce)
+
+    s = sub.add_parser("bench", help="speed against the machine's GEMM rate and the peers (ONNX Runtime, Keras)")
+    s.add_argument("--only", help="comma list of sections: gemm, inference, peers, train, protocols, parity "
+                                  "(default: all but parity; parity too when --weights and --data are given)")
+    s.add_argument("--batches", help="inference batch sizes (default 1,8,32)")
+    s.add_argument("--repeats", type=int, default=5, help="timed repeats after a warm-up (median reported)")
+    s.add_argument("--train-batch", type=int, help="VGG-16 training-step batch (default 32)")
+    s.add_argument("--weights", action="append", help="parity: trained verydeep weights (repeat for several)")
+    s.add_argument("--data", help="parity: real images (a dataset folder; its test split when it has one)")
+    s.add_argument("--parity-images", type=int, default=500)
+    s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    s.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd mode (it compiles per size)")
+    s.add_argument("--threads", type=int)
+    s.add_argument("--json", help="write every figure to this JSON file")
+    s.set_defaults(func=cmd_bench)
     return p
 
 

@@ -140,41 +140,33 @@ class Evaluator:
     """Runs one net over a source with the requested protocols and scales."""
 
     def __init__(self, model: VGG, device: str | torch.device = "cpu", batch_size: int = 32, workers: int = 2,
-                 precision: str = "fp32", channels_last: bool = False, progress: bool = True):
+                 precision: str = "auto", progress: bool = True):
+        from .fast import FastVGG
+
         self.model = model.eval().to(device)
         self.device = torch.device(device)
-        self.batch_size, self.workers, self.precision = batch_size, workers, precision
-        self.channels_last, self.progress = channels_last, progress
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.batch_size, self.workers, self.progress = batch_size, workers, progress
+        # One fused chain for crops and score maps (fast.py); "auto" is the fastest precision that agrees with fp32.
+        self.net = FastVGG(self.model, precision, self.device)
+        self.precision = self.net.precision
         self.forward_images = 0  # images (crops or whole images) through the net, for cost accounting
 
     def _prep(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.model.preprocess(images.to(self.device).float().div_(255.0))
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return self.model.preprocess(images.to(self.device).float().div_(255.0))
 
-    def _ctx(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return torch.autocast(self.device.type, enabled=False)
-
-    @torch.inference_mode()
     def crops_posteriors(self, crops: torch.Tensor) -> torch.Tensor:
         """Soft-max posteriors of uint8 crops (M, 3, C, C), in batches."""
         out = []
         for j in range(0, len(crops), self.batch_size * 4):
-            with self._ctx():
-                out.append(self.model(self._prep(crops[j:j + self.batch_size * 4])).float().softmax(1).cpu())
+            out.append(self.net(self._prep(crops[j:j + self.batch_size * 4])).softmax(1).cpu())
         self.forward_images += len(crops)
         return torch.cat(out)
 
-    @torch.inference_mode()
     def dense_posteriors(self, images: torch.Tensor) -> torch.Tensor:
         """Section 3: score map averaged spatially, soft-max, flip-averaged; images (N, 3, H, W) of one size."""
         x = self._prep(images)
-        with self._ctx():
-            p = self.model.score_map(x).float().mean((2, 3)).softmax(1)
-            p = 0.5 * (p + self.model.score_map(x.flip(3)).float().mean((2, 3)).softmax(1))
+        p = self.net.score_map(x).mean((2, 3)).softmax(1)
+        p = 0.5 * (p + self.net.score_map(x.flip(3)).mean((2, 3)).softmax(1))
         self.forward_images += 2 * len(images)
         return p.cpu()
 
@@ -327,14 +319,15 @@ def train_scale_text(model: VGG) -> str:
 # --------------------------------------------------------------------------------------------------- one image
 @torch.inference_mode()
 def predict_image(model: VGG, img: Image.Image, protocol: str = "dense", scales: list[int] | None = None,
-                  precision: str = "fp32") -> torch.Tensor:
-    """Soft-max posteriors (classes,) for one RGB image under a protocol, averaged over scales."""
+                  precision: str = "auto", evaluator: Evaluator | None = None) -> torch.Tensor:
+    """Soft-max posteriors (classes,) for one RGB image under a protocol, averaged over scales. Pass an
+    `evaluator` to reuse its prepared net over many images."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
     crop = model.config.crop_size
     scales = scales or [round(crop * 256 / 224)]
-    ev = Evaluator(model, next(model.parameters()).device, batch_size=16, workers=0, precision=precision,
-                   progress=False)
+    ev = evaluator or Evaluator(model, next(model.parameters()).device, batch_size=16, workers=0,
+                                precision=precision, progress=False)
     base = parts(protocol)
     out = []
     for q in scales:

@@ -13,6 +13,7 @@ import torch
 
 from .data.sources import Source
 from .errors import UserError
+from .fast import FastVGG
 from .models import VGG
 from .transforms import BadImage, as_rgb, rescale, to_uint8
 
@@ -20,18 +21,22 @@ log = logging.getLogger("verydeep")
 
 
 @torch.inference_mode()
-def descriptor(models: list[VGG], img, scales: list[int], layer: str = "relu7", aggregate: str = "mean") -> np.ndarray:
+def descriptor(models: list[VGG | FastVGG], img, scales: list[int], layer: str = "relu7",
+               aggregate: str = "mean") -> np.ndarray:
     """One image's descriptor: per net and scale, the dense `layer` map pooled over space and averaged with the
-    mirror image's; scales averaged ("mean", VOC) or concatenated ("stack", Caltech); nets concatenated; L2-norm."""
+    mirror image's; scales averaged ("mean", VOC) or concatenated ("stack", Caltech); nets concatenated; L2-norm.
+    A FastVGG (prepared up to `layer`) computes the maps fast; a VGG the reference way."""
     if aggregate not in ("mean", "stack"):
         raise UserError(f"--aggregate {aggregate!r}: choose mean or stack")
     parts = []
     for m in models:
+        if isinstance(m, FastVGG) and m.upto != layer:
+            raise ValueError(f"net prepared up to {m.upto}, descriptor of {layer} asked")
         per_scale = []
         for q in scales:
             x = m.preprocess(to_uint8(rescale(img, q))[None].float() / 255)
             both = torch.cat([x, x.flip(3)])
-            f = m.extract(both, [layer], dense=True)[layer]
+            f = m.score_map(both) if isinstance(m, FastVGG) else m.extract(both, [layer], dense=True)[layer]
             pooled = f.mean((2, 3)) if f.ndim == 4 else f
             per_scale.append(pooled.mean(0))
         parts.append(torch.stack(per_scale).mean(0) if aggregate == "mean" else torch.cat(per_scale))
@@ -50,7 +55,7 @@ def dimension(models: list[VGG], scales: list[int], layer: str, aggregate: str) 
 
 
 def extract(models: list[VGG], source: Source, out: str | Path, scales: list[int], layer: str = "relu7",
-            aggregate: str = "mean", progress: bool = True) -> tuple[np.ndarray, dict]:
+            aggregate: str = "mean", progress: bool = True, precision: str = "auto") -> tuple[np.ndarray, dict]:
     """Descriptors of every image into OUT.npy (memory-mapped, float32) + OUT.json (paths, labels, settings).
     Rerunning with the same settings continues an interrupted extraction."""
     from tqdm import tqdm
@@ -58,8 +63,9 @@ def extract(models: list[VGG], source: Source, out: str | Path, scales: list[int
     out = Path(out)
     npy, meta_path = out.with_suffix(".npy"), out.with_suffix(".json")
     n, dim = len(source), dimension(models, scales, layer, aggregate)
+    nets = [FastVGG(m, precision, upto=layer) for m in models]
     settings = {"layer": layer, "scales": scales, "aggregate": aggregate, "images": n, "dim": dim,
-                "nets": [str(m.config) for m in models]}
+                "nets": [str(m.config) for m in models], "precision": nets[0].precision}
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() and npy.is_file() else None
     if meta is not None and meta.get("settings") != settings:
         raise UserError(f"{meta_path}: holds features with other settings; choose another --out")
@@ -78,7 +84,7 @@ def extract(models: list[VGG], source: Source, out: str | Path, scales: list[int
         try:
             s = source.read(i)
             img = as_rgb(s.image, min(scales))
-            feats[i] = descriptor(models, img, scales, layer, aggregate)
+            feats[i] = descriptor(nets, img, scales, layer, aggregate)
         except BadImage as e:
             feats[i] = 0
             meta["skipped"].append(i)

@@ -148,6 +148,17 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+def optimizer_kwargs(device: str | torch.device) -> dict:
+    """The fused SGD kernel where PyTorch has one for the device: one pass over parameters, gradients and momenta
+    instead of several. VGG-16's 138 M parameters make the update memory-bound: 0.06 s fused vs 0.32 s foreach
+    per step on the 2-core development CPU (BENCHMARKS.md)."""
+    try:
+        torch.optim.SGD([torch.zeros(1, device=device, requires_grad=True)], lr=0.1, fused=True)
+        return {"fused": True}
+    except (RuntimeError, TypeError):
+        return {}
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, d: distributed.Dist):
         self.cfg, self.d = cfg, d
@@ -234,7 +245,7 @@ class Trainer:
             self.model = torch.compile(self.model)
         self.keyed_dropout = not cfg.compile  # compiled graphs use plain dropout (keys would force recompiles)
         self.opt = torch.optim.SGD(self.raw.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay)
+                                   weight_decay=cfg.weight_decay, **optimizer_kwargs(d.device))
         self.schedule = PlateauSchedule(cfg.lr, cfg.patience, 0.1, cfg.max_decays)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.partial = [0.0, 0.0, 0.0]  # loss sum, correct, count of the epoch in progress

@@ -1,0 +1,417 @@
+"""`verydeep bench`: verydeep measured against the machine's own limit and against the peers, in one process and
+one run (issue: performance). Every figure is the median over repeats after a warm-up, with its min-max; the
+achieved GFLOP/s counts 2 FLOPs per multiply-add (VGG-16 at 224: 15.47 G multiply-adds an image) and is compared
+with the same run's GEMM rate; peak memory is the resident-set (CPU) or allocator (CUDA) high-water mark over the
+measurement, above what was held before it.
+
+Sections: gemm, inference (verydeep: eager fp32 = plain PyTorch, and the fast chain in fp32 / bf16 / int8), peers
+(ONNX Runtime on verydeep's exported model; Keras 3's VGG16 with the torch backend), train (forward, backward, SGD
+step), protocols (dense vs multi-crop at 3 scales), parity (agreement of each precision with fp32 on real images,
+when --weights and --data are given).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .fast import FastVGG, cpu_flags, resolve_precision
+from .models import multiply_adds, vgg
+from .train import optimizer_kwargs
+
+SECTIONS = ("gemm", "inference", "peers", "train", "protocols", "parity")
+
+
+@dataclass
+class BenchConfig:
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    batches: list[int] = field(default_factory=lambda: [1, 8, 32])
+    repeats: int = 5
+    sections: list[str] = field(default_factory=lambda: [s for s in SECTIONS if s != "parity"])
+    train_batch: int = 32              # VGG-16 training step batch (the paper's is 256; memory permitting)
+    weights: list[str] = field(default_factory=list)   # parity: trained nets ...
+    data: str | None = None                              # ... and real images (a dataset folder)
+    parity_images: int = 500
+    compile: bool = True               # also measure the torch.compile'd chain (its first call per size compiles)
+    json: str | None = None
+
+
+def machine(device: str) -> dict:
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": name, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "amx": "amx_bf16" in cpu_flags(), "device": device}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+class PeakMemory:
+    """High-water mark of memory over a block, in MiB above the level at its start: the allocator's on CUDA,
+    the process' resident set on the CPU (sampled every 2 ms in a thread; /proc/self/statm)."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.peak_mib = 0.0
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return 0
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            _trim()  # hand freed memory back first, or a reused heap would hide this block's needs
+            self.base = self.high = self._rss()
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.stop.wait(0.002):
+            self.high = max(self.high, self._rss())
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_mib = (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.peak_mib = (max(self.high, self._rss()) - self.base) / 2**20
+
+
+def _trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def timed(fn, repeats: int, device: str, warmup: int = 1) -> dict:
+    """Median seconds of fn() over repeats after warm-up, min-max, and the peak memory of the whole."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with PeakMemory(device) as mem:
+        for _ in range(warmup):
+            fn()
+        sync()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times), "min": min(times), "max": max(times), "peak_mib": mem.peak_mib}
+
+
+def gemm_gflops(dtype: torch.dtype, device: str = "cpu", repeats: int = 10) -> float:
+    """The machine's limit: the best of repeated square matrix products (2048 on a CPU, where it ran fastest of
+    2048/4096 on the development machine; 8192 on a GPU). The best, not the median, so that a ratio to it is a
+    conservative figure on a noisy machine."""
+    n = 2048 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    return 2 * n**3 / timed(lambda: a @ b, repeats, device, warmup=3)["min"] / 1e9
+
+
+VGG16_MACS = multiply_adds(vgg("D", init="glorot").config, 224)  # 15.47 G
+
+
+def _row(kind: str, mode: str, batch: int, t: dict, gemm: float | None, macs: int = VGG16_MACS,
+         passes: int = 1) -> dict:
+    rate = batch / t["seconds"]
+    gflops = passes * 2 * macs * rate / 1e9
+    return {"section": kind, "mode": mode, "batch": batch, "images_per_s": rate,
+            "range": [batch / t["max"], batch / t["min"]], "gflops": gflops,
+            "gemm_ratio": gflops / gemm if gemm else None, "peak_mib": t["peak_mib"]}
+
+
+@dataclass
+class Runner:
+    """One way of running VGG-16 inference: a callable on a batch size (inputs made once per size), the GEMM rate
+    it is compared with, and whether it is a peer."""
+    mode: str
+    run: object
+    limit: str = "fp32"
+    section: str = "inference"
+
+
+def verydeep_runners(cfg: BenchConfig, model) -> list[Runner]:
+    dev = cfg.device
+    out = []
+    modes = ["eager-fp32", "fp32", "bf16"] + (["bf16-compiled"] if cfg.compile else [])
+    for mode in modes + (["int8"] if dev == "cpu" else []):
+        if mode == "eager-fp32":   # what a plain PyTorch VGG does
+            net = model.to(dev)
+        else:
+            net = FastVGG(model, mode.split("-")[0], dev, compile=mode.endswith("compiled"))
+            if mode == "int8":     # speed only: calibrated on noise (parity measures accuracy on real images)
+                net.calibrate(torch.randn(8, 3, 224, 224, device=dev))
+        inputs: dict[int, torch.Tensor] = {}
+
+        def run(batch, net=net, inputs=inputs):
+            x = inputs.setdefault(batch, torch.randn(batch, 3, 224, 224, device=dev))
+            with torch.inference_mode():
+                return net(x)
+        # int8 has no GEMM rate of its own here: it is set against bf16's, the fastest measured.
+        out.append(Runner(f"verydeep {mode}", run, "fp32" if "fp32" in mode else "bf16"))
+    return out
+
+
+def onnxruntime_runner(cfg: BenchConfig, model, tmp: Path) -> list[Runner]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print("peers: onnxruntime not installed, skipped")
+        return []
+    from .export import export_onnx
+
+    path = tmp / "vgg16.onnx"
+    export_onnx(model.cpu(), path)
+    so = ort.SessionOptions()
+    if cfg.device == "cpu":
+        so.intra_op_num_threads = torch.get_num_threads()
+    providers = (["CUDAExecutionProvider"] if cfg.device.startswith("cuda") and "CUDAExecutionProvider" in
+                 ort.get_available_providers() else []) + ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(path), so, providers=providers)
+    name = sess.get_inputs()[0].name
+    inputs: dict[int, np.ndarray] = {}
+
+    def run(batch):
+        x = inputs.setdefault(batch, np.random.default_rng(0).standard_normal((batch, 3, 224, 224),
+                                                                               dtype=np.float32))
+        return sess.run(None, {name: x})
+    return [Runner(f"onnxruntime {ort.__version__} fp32 ({providers[0].replace('ExecutionProvider', '')})", run,
+                   section="peers")]
+
+
+def keras_runner(cfg: BenchConfig) -> list[Runner]:
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except ImportError:
+        print("peers: keras not installed, skipped")
+        return []
+    if keras.backend.backend() != "torch":
+        print(f"peers: keras runs the {keras.backend.backend()} backend here, skipped (KERAS_BACKEND=torch)")
+        return []
+    km = keras.applications.VGG16(weights=None)
+    inputs: dict[int, torch.Tensor] = {}
+
+    def run(batch):
+        x = inputs.setdefault(batch, torch.randn(batch, 224, 224, 3, device=cfg.device))
+        with torch.inference_mode():
+            return km(x, training=False)
+    return [Runner(f"keras {keras.__version__} VGG16 fp32", run, section="peers")]
+
+
+def inference(cfg: BenchConfig, runners: list[Runner], gemm: dict) -> list[dict]:
+    """Every runner at every batch size, in interleaved rounds (one call of each per round) so that a slow spell
+    of a shared machine hits them all alike; the median over rounds. The first call of each (compilation,
+    first-touch) is timed apart; peak memory is taken over the second."""
+    dev = cfg.device
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+    rows = []
+    for batch in cfg.batches:
+        first, peak, times = {}, {}, {r.mode: [] for r in runners}
+        for r in runners:
+            t0 = time.perf_counter()
+            r.run(batch)
+            sync()
+            first[r.mode] = time.perf_counter() - t0
+            with PeakMemory(dev) as mem:
+                r.run(batch)
+            peak[r.mode] = mem.peak_mib
+        for _ in range(cfg.repeats):
+            for r in runners:
+                t0 = time.perf_counter()
+                r.run(batch)
+                sync()
+                times[r.mode].append(time.perf_counter() - t0)
+        for r in runners:
+            t = {"seconds": statistics.median(times[r.mode]), "min": min(times[r.mode]),
+                 "max": max(times[r.mode]), "peak_mib": peak[r.mode]}
+            rows.append(_row(r.section, r.mode, batch, t, gemm[r.limit]))
+            rows[-1]["first_call_s"] = first[r.mode]
+            print(_fmt(rows[-1]) + (f"  (first call {first[r.mode]:.1f} s)" if "compiled" in r.mode else ""),
+                  flush=True)
+    return rows
+
+
+def train_step(name: str, crop: int, width: float, fc: int, batch: int, precision: str, repeats: int,
+               device: str, gemm: dict) -> dict:
+    """One SGD step (momentum, weight decay, fused update) of a net on random crops, as the trainer runs it."""
+    torch.manual_seed(0)
+    model = vgg(name, crop_size=crop, width=width, fc_width=fc, init="glorot").to(device)
+    model = model.to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4,
+                          **optimizer_kwargs(device))
+    x = torch.randn(batch, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=device)
+
+    def step():
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t = timed(step, repeats, device)
+    macs = multiply_adds(model.config, crop)
+    r = _row("train", f"{name} crop {crop} width {width:g} {precision}", batch, t, gemm[precision], macs, passes=3)
+    print(_fmt(r), flush=True)
+    return r
+
+
+def protocols(cfg: BenchConfig, model) -> list[dict]:
+    from PIL import Image
+
+    from .evaluate import Evaluator, predict_image
+    from .transforms import scaled_size
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (375, 500, 3), dtype=np.uint8))
+    ev = Evaluator(model.to(cfg.device), cfg.device, batch_size=16, workers=0, progress=False)
+    rows = []
+    scales = [256, 384, 512]
+    for protocol in ("dense", "multicrop"):
+        t = timed(lambda: predict_image(model, img, protocol, scales, evaluator=ev), max(1, cfg.repeats // 3),
+                  cfg.device)
+        macs = (50 * VGG16_MACS * 3 if protocol == "multicrop" else
+                sum(2 * multiply_adds(model.config, *scaled_size(500, 375, q)[::-1]) for q in scales))
+        rows.append({"section": "protocols", "mode": f"{protocol} Q=256,384,512 ({ev.precision})",
+                     "seconds_per_image": t["seconds"], "range": [t["min"], t["max"]], "gmacs": macs / 1e9,
+                     "peak_mib": t["peak_mib"]})
+        print(f"{rows[-1]['mode']:<44} {t['seconds']:8.2f} s/image  ({t['min']:.2f}-{t['max']:.2f})  "
+              f"{macs / 1e9:7.1f} G mult-adds  peak {t['peak_mib']:7.0f} MiB", flush=True)
+    rows.append({"section": "protocols", "mode": "multicrop / dense",
+                 "ratio": rows[1]["seconds_per_image"] / rows[0]["seconds_per_image"]})
+    print(f"multi-crop costs {rows[-1]['ratio']:.2f}x dense per image at 3 scales")
+    return rows
+
+
+def parity(cfg: BenchConfig) -> list[dict]:
+    """Agreement of each precision with fp32 on real images: top-1 labels and the largest posterior difference,
+    for centre crops and dense score maps at the net's own test scale (Q = S)."""
+    from .data import Subset, open_source
+    from .evaluate import Evaluator
+    from .weights import load
+
+    src = open_source(cfg.data, split="test") if (Path(cfg.data) / "test").is_dir() else open_source(cfg.data)
+    src = Subset(src, np.random.default_rng(0).permutation(len(src))[:cfg.parity_images], "parity subset")
+    rows = []
+    for w in cfg.weights:
+        model = load(w)
+        q = model.train_scale[0] if model.train_scale else round(model.config.crop_size * 256 / 224)
+        post = {p: Evaluator(model, cfg.device, 32, 0, p, progress=False).run(src, ["center", "dense"], [q])
+                for p in ("fp32", "bf16", "int8")}
+        for p in ("bf16", "int8"):
+            for protocol in ("center", "dense"):
+                a, b = post["fp32"].combine(protocol, [q]), post[p].combine(protocol, [q])
+                ok = post["fp32"].valid
+                rows.append({"section": "parity", "weights": str(w), "precision": p, "protocol": protocol,
+                             "images": int(ok.sum()),
+                             "top1_agreement": float((a[ok].argmax(1) == b[ok].argmax(1)).mean()),
+                             "max_posterior_diff": float(np.abs(a[ok] - b[ok]).max())})
+                r = rows[-1]
+                print(f"parity {Path(w).parent.name or w:<14} {p:<5} {protocol:<7} top-1 agreement "
+                      f"{100 * r['top1_agreement']:6.2f}%  max posterior diff {r['max_posterior_diff']:.4f}  "
+                      f"({r['images']} images)", flush=True)
+    return rows
+
+
+def _fmt(r: dict) -> str:
+    ratio = f"{r['gemm_ratio']:6.2f}" if r.get("gemm_ratio") is not None else "     -"
+    return (f"{r['section']:<9} {r['mode']:<40} batch {r['batch']:>3} {r['images_per_s']:8.2f} img/s "
+            f"({r['range'][0]:.2f}-{r['range'][1]:.2f})  {r['gflops']:7.1f} GFLOP/s  /GEMM {ratio}  "
+            f"peak {r['peak_mib']:7.0f} MiB")
+
+
+def run(cfg: BenchConfig) -> dict:
+    unknown = set(cfg.sections) - set(SECTIONS)
+    if unknown:
+        from .errors import UserError
+        raise UserError(f"--only {','.join(sorted(unknown))}: sections are {', '.join(SECTIONS)}")
+    dev = cfg.device
+    info = machine(dev)
+    print(f"machine: {info['cpu']}" + (f", {info['gpu']}" if "gpu" in info else "") +
+          f"; {info['cores']} cores, {info['threads']} threads, torch {info['torch']}; "
+          f"auto precision here: {resolve_precision('auto', dev)}", flush=True)
+    gemm = {"fp32": gemm_gflops(torch.float32, dev), "bf16": gemm_gflops(torch.bfloat16, dev)}
+    print(f"gemm      same-run GEMM rate: fp32 {gemm['fp32']:.1f} GFLOP/s, bf16 {gemm['bf16']:.1f} GFLOP/s",
+          flush=True)
+    rows: list[dict] = []
+    torch.manual_seed(0)
+    model = vgg("D", init="glorot").eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = verydeep_runners(cfg, model) if "inference" in cfg.sections else []
+        if "peers" in cfg.sections:
+            runners += onnxruntime_runner(cfg, model, Path(tmp)) + keras_runner(cfg)
+        if runners:
+            rows += inference(cfg, runners, gemm)
+        runners = []  # frees every net before training
+    if "train" in cfg.sections:
+        rows.append(train_step("D", 224, 1.0, 4096, cfg.train_batch, "fp32", max(2, cfg.repeats // 2), dev, gemm))
+        rows.append(train_step("D", 224, 1.0, 4096, cfg.train_batch, "bf16", max(2, cfg.repeats // 2), dev, gemm))
+        for name in ("A", "D", "E"):  # the miniature study's nets (reproduce.py: crop 64, width 1/4, FC 512)
+            for p in ("fp32", "bf16"):
+                rows.append(train_step(name, 64, 0.25, 512, 64, p, cfg.repeats, dev, gemm))
+    if "protocols" in cfg.sections:
+        rows += protocols(cfg, model)
+    if "parity" in cfg.sections:
+        if not (cfg.weights and cfg.data):
+            print("parity: needs --weights (trained nets) and --data (real images), skipped")
+        else:
+            rows += parity(cfg)
+    summary = _summary(rows)
+    for line in summary:
+        print(line)
+    result = {"machine": info, "gemm_gflops": gemm, "rows": rows, "summary": summary, "config": asdict(cfg)}
+    if cfg.json:
+        Path(cfg.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {cfg.json}")
+    return result
+
+
+def _summary(rows: list[dict]) -> list[str]:
+    """The issue's ratios, from this run's own rows: at batch 8 (or the first batch measured)."""
+    batches = [r["batch"] for r in rows if r["section"] in ("inference", "peers")]
+    if not batches:
+        return []
+    batch = 8 if 8 in batches else batches[0]
+
+    def rate(prefix: str) -> float | None:
+        r = [x["images_per_s"] for x in rows if x.get("batch") == batch and
+             (x["mode"] == prefix or x["mode"].startswith(prefix + " "))]
+        return r[0] if r else None
+
+    out = []
+    ort, keras = rate("onnxruntime"), rate("keras")
+    for mode in ("eager-fp32", "fp32", "bf16", "bf16-compiled", "int8"):
+        ours = rate(f"verydeep {mode}")
+        if ours and ort:
+            out.append(f"summary   batch {batch}: verydeep {mode} = {ours / ort:.2f}x ONNX Runtime fp32"
+                       + (f", {ours / keras:.2f}x Keras VGG16" if keras else ""))
+    return out

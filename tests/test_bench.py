@@ -1,0 +1,57 @@
+"""`verydeep bench`: the table and JSON it promises (GEMM rate, verydeep's modes beside the peers, parity on real
+images), checked on a minimal run; its figures themselves live in BENCHMARKS.md, not in timed unit tests."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import verydeep as vd
+from verydeep.bench import PeakMemory
+from verydeep.cli import main
+from conftest import tiny
+
+
+def test_bench_inference_and_peers_json(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--only", "gemm,inference,peers", "--batches", "2", "--repeats", "1", "--no-compile",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["gemm_gflops"]["fp32"] > 0 and res["gemm_gflops"]["bf16"] > 0
+    modes = {r["mode"] for r in res["rows"]}
+    assert {"verydeep eager-fp32", "verydeep fp32", "verydeep bf16", "verydeep int8"} <= modes
+    assert any(m.startswith("onnxruntime ") and "fp32" in m for m in modes)
+    for r in res["rows"]:
+        assert r["batch"] == 2 and r["images_per_s"] > 0 and r["range"][0] <= r["images_per_s"] <= r["range"][1]
+        # GFLOP/s is 2 x 15.47 G multiply-adds per image
+        assert r["gflops"] == pytest.approx(2 * 15.470264 * r["images_per_s"], rel=1e-3)
+    text = capsys.readouterr().out
+    assert "same-run GEMM rate" in text and "x ONNX Runtime fp32" in text
+
+
+def test_bench_parity_on_real_images(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(tmp_path / "data" / c / f"{i}.jpg")
+    m = tiny("A", num_classes=2)
+    vd.save(m, tmp_path / "a.safetensors")
+    out = tmp_path / "p.json"
+    assert main(["bench", "--only", "parity", "--weights", str(tmp_path / "a.safetensors"), "--data",
+                 str(tmp_path / "data"), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["precision"], r["protocol"]) for r in rows} == {(p, q) for p in ("bf16", "int8")
+                                                              for q in ("center", "dense")}
+    for r in rows:
+        assert r["images"] == 12 and 0 <= r["top1_agreement"] <= 1 and 0 <= r["max_posterior_diff"] <= 1
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory("cpu") as mem:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        x += 1
+    assert 48 < mem.peak_mib < 200
+    assert main(["bench", "--only", "nosuch"]) == 2

@@ -1,0 +1,91 @@
+"""The fast inference chain (fused oneDNN convolutions, bf16, int8) against the reference VGG: crops and score maps
+of any size, truncation at a named layer, batch-norm folding, precision resolution."""
+import pytest
+import torch
+
+import verydeep as vd
+from verydeep.errors import UserError
+from verydeep.fast import FastVGG, best_precision, resolve_precision
+
+
+def small(name="A", seed=0, **kw):
+    torch.manual_seed(seed)
+    m = vd.vgg(name, crop_size=32, width=0.125, fc_width=64, num_classes=10, init="kaiming", **kw).eval()
+    for mod in m.modules():  # non-trivial batch-norm statistics, so that folding them is tested
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return m
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("name", ["A", "A-LRN", "C", "E", "vgg11_bn"])
+def test_fp32_equals_reference_on_crops_and_maps(name):
+    m = small(name)
+    net = FastVGG(m, "fp32")
+    x, big = torch.randn(3, 3, 32, 32), torch.randn(2, 3, 45, 61)  # odd sizes: pooling floors, maps 2x1
+    with torch.inference_mode():
+        ref, ref_map = m(x), m.score_map(big)
+    assert rel(net(x), ref) < 1e-4
+    out = net.score_map(big)
+    assert out.shape == ref_map.shape and out.dtype == torch.float32
+    assert rel(out, ref_map) < 1e-4
+
+
+@pytest.mark.parametrize("precision, tol", [("bf16", 5e-2), ("int8", 0.15)])
+def test_reduced_precisions_stay_close(precision, tol):
+    m = small("D")
+    x = torch.randn(16, 3, 32, 32)
+    big = torch.randn(1, 3, 40, 72)
+    net = FastVGG(m, precision)
+    if precision == "int8":
+        net.calibrate(x, big)
+    with torch.inference_mode():
+        ref = m(x)
+        ref_map = m.score_map(big)
+    out = net(x)
+    assert torch.isfinite(out).all() and rel(out, ref) < tol
+    assert net.score_map(big).shape == ref_map.shape == (1, 10, 1, 2)
+    assert rel(net.score_map(big), ref_map) < tol
+
+
+def test_int8_calibrates_once_and_is_deterministic():
+    m = small("A")
+    net = FastVGG(m, "int8")
+    x = torch.randn(8, 3, 32, 32)
+    net.calibrate(x)
+    a = net(x[:2])
+    b = net(x[:2])
+    assert torch.equal(a, b)
+    assert net._quant is not None and net.steps is None
+
+
+@pytest.mark.parametrize("layer", ["conv5_2", "relu5_2", "pool5", "fc6", "relu7", "drop7"])
+def test_upto_matches_extract(layer):
+    m = small("B")
+    big = torch.randn(2, 3, 48, 40)
+    with torch.inference_mode():
+        ref = m.extract(big, [layer], dense=True)[layer]
+    out = FastVGG(m, "fp32", upto=layer).score_map(big)
+    assert out.shape == ref.shape and rel(out, ref) < 1e-4
+
+
+def test_errors_and_auto():
+    m = small("A")
+    with pytest.raises(UserError, match="no layer"):
+        FastVGG(m, "fp32", upto="conv9_9")
+    with pytest.raises(UserError, match="choose one of"):
+        resolve_precision("fp8")
+    with pytest.raises(UserError, match="CPU only"):
+        resolve_precision("int8", "cuda")
+    with pytest.raises(ValueError, match="smaller than"):
+        FastVGG(m, "fp32").score_map(torch.randn(1, 3, 16, 40))
+    with pytest.raises(ValueError, match="crop"):
+        FastVGG(m, "fp32")(torch.randn(1, 3, 40, 40))
+    assert best_precision("cpu") in ("bf16", "fp32")
+    assert resolve_precision("auto", "cpu") == best_precision("cpu")
