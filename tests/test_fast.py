@@ -89,3 +89,16 @@ def test_errors_and_auto():
         FastVGG(m, "fp32")(torch.randn(1, 3, 40, 40))
     assert best_precision("cpu") in ("bf16", "fp32")
     assert resolve_precision("auto", "cpu") == best_precision("cpu")
+
+
+def test_bf16_packing_per_size_is_bounded_and_stable():
+    m = small("A")
+    net = FastVGG(m, "bf16")
+    if net._backend != "onednn":
+        pytest.skip("no oneDNN here")
+    sizes = [torch.randn(2, 3, 32, 32), torch.randn(1, 3, 40, 56), torch.randn(3, 3, 48, 48)]
+    first = net.score_map(sizes[0])
+    for x in sizes[1:]:
+        net.score_map(x)
+    assert len(net._by_shape) == 2  # least recently used packing dropped
+    torch.testing.assert_close(net.score_map(sizes[0]), first)  # repacked for it, same numbers
