@@ -5,14 +5,14 @@ is fast here is fast, and correct, for dense evaluation of any size.
 
 Precisions:
 - fp32 and bf16 on CPU: oneDNN convolutions with the ReLU fused in (VGG's ReLU passes are pure memory traffic:
-  ~10% of an fp32 forward, ~20% of a bf16 one, measured layer by layer), weights pre-packed once, batch-norm folded
-  into the convolutions, activations channels-last. bf16 runs on AMX tiles where the CPU has them.
+  ~10% of an fp32 forward, ~20% of a bf16 one, measured layer by layer), weights pre-packed (bf16: for each input
+  size, as the AMX kernels want), batch-norm folded into the convolutions, activations channels-last.
 - bf16 elsewhere (CUDA): the same chain as eager modules with bf16 weights, channels-last; `compile=True` hands it
   to torch.compile (one graph per input size: worth it for a long evaluation at few sizes, not for one image).
 - int8 on CPU: PyTorch's x86 post-training quantisation (FX graph mode, per-channel symmetric weights, per-tensor
   activations calibrated by min/max on the first input), conv1_1 and fc8 kept in fp32 because quantising the first
-  and last layers costs the most agreement. Opt-in: on the miniature study's nets it agreed with fp32 on ~98% of
-  top-1 labels, under the 99% bar (BENCHMARKS.md), while bf16 agreed on >= 99%.
+  and last layers costs the most agreement. Opt-in: on the miniature study's nets it agreed with fp32 on 97-99% of
+  top-1 labels, under the 99% bar (BENCHMARKS.md), while bf16 agreed on 99-100%.
 "auto" picks bf16 where the hardware computes it natively (AMX or AVX512-BF16 CPUs, CUDA with bf16), else fp32.
 """
 from __future__ import annotations
