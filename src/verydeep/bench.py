@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .fast import FastVGG, cpu_flags, resolve_precision
-from .models import multiply_adds, vgg
+from .models import model_config, multiply_adds, vgg
 from .train import optimizer_kwargs
 
 SECTIONS = ("gemm", "inference", "peers", "train", "protocols", "parity")
@@ -137,7 +137,7 @@ def gemm_gflops(dtype: torch.dtype, device: str = "cpu", repeats: int = 10) -> f
     return 2 * n**3 / timed(lambda: a @ b, repeats, device, warmup=3)["min"] / 1e9
 
 
-VGG16_MACS = multiply_adds(vgg("D", init="glorot").config, 224)  # 15.47 G
+VGG16_MACS = multiply_adds(model_config("D"), 224)  # 15.47 G
 
 
 def _row(kind: str, mode: str, batch: int, t: dict, gemm: float | None, macs: int = VGG16_MACS,
