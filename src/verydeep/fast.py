@@ -75,7 +75,6 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
 # ---------------------------------------------------------------------------------------------------- the chain
 @dataclass
 class Conv:
-    names: list[str]
     weight: torch.Tensor
     bias: torch.Tensor
     padding: int
@@ -85,7 +84,6 @@ class Conv:
 @dataclass
 class Op:
     """A layer kept as it is (max-pooling, LRN)."""
-    names: list[str]
     module: nn.Module = field(repr=False)
 
 
@@ -107,21 +105,19 @@ def chain(model: VGG, upto: str | None = None) -> list[Conv | Op]:
                 kk = k if name == "fc6" else 1
                 w = w.reshape(m.out_features, -1, kk, kk)
             pad = m.padding[0] if isinstance(m, nn.Conv2d) else 0
-            steps.append(Conv([name], w, m.bias.detach().float(), pad, False))
+            steps.append(Conv(w, m.bias.detach().float(), pad, False))
         elif isinstance(m, nn.BatchNorm2d) and isinstance(last, Conv) and not last.relu:
             scale = m.weight.detach().float() / torch.sqrt(m.running_var.float() + m.eps)
             last.weight = last.weight * scale[:, None, None, None]
             last.bias = (last.bias - m.running_mean.float()) * scale + m.bias.detach().float()
-            last.names.append(name)
         elif isinstance(m, nn.ReLU) and isinstance(last, Conv) and not last.relu:
             last.relu = True
-            last.names.append(name)
         elif isinstance(m, nn.Dropout) or type(m).__name__ == "KeyedDropout":
-            steps[-1].names.append(name)
+            pass
         elif isinstance(m, nn.ReLU):
-            steps.append(Op([name], nn.ReLU()))
+            steps.append(Op(nn.ReLU()))
         else:
-            steps.append(Op([name], m))
+            steps.append(Op(m))
         if name == upto:
             break
     return steps
@@ -230,6 +226,8 @@ class FastVGG:
         from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+        if self.precision != "int8" or self.steps is None:
+            raise ValueError("calibrate() applies once, to a net prepared with precision int8")
         seq = _as_sequential(self.steps)
         act = MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=False)  # VNNI: no overflow, full range
         wt = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
