@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import verydeep as vd
+from verydeep import fast
 from verydeep.bench import PeakMemory
 from verydeep.cli import main
 from conftest import tiny
@@ -31,7 +32,8 @@ def test_bench_inference_and_peers_json(tmp_path, capsys):
     assert "same-run GEMM rate" in text and "x ONNX Runtime fp32" in text
 
 
-def test_bench_parity_on_real_images(tmp_path, capsys):
+def test_bench_parity_on_real_images(tmp_path, monkeypatch):
+    monkeypatch.setattr(fast, "WINOGRAD_MIN_CHANNELS", 1)  # the tiny net's fp32 chain by Winograd, as VGG-16's is
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
         (tmp_path / "data" / c).mkdir(parents=True)
@@ -43,10 +45,12 @@ def test_bench_parity_on_real_images(tmp_path, capsys):
     assert main(["bench", "--only", "parity", "--weights", str(tmp_path / "a.safetensors"), "--data",
                  str(tmp_path / "data"), "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert {(r["precision"], r["protocol"]) for r in rows} == {(p, q) for p in ("bf16", "int8")
+    assert {(r["precision"], r["protocol"]) for r in rows} == {(p, q) for p in ("fp32", "bf16", "int8")
                                                               for q in ("center", "dense")}
     for r in rows:
         assert r["images"] == 12 and 0 <= r["top1_agreement"] <= 1 and 0 <= r["max_posterior_diff"] <= 1
+        if r["precision"] == "fp32":  # Winograd against direct convolution
+            assert r["top1_agreement"] == 1 and r["max_posterior_diff"] < 1e-4
 
 
 def test_peak_memory_sees_an_allocation():

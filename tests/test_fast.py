@@ -1,11 +1,13 @@
-"""The fast inference chain (fused oneDNN convolutions, bf16, int8) against the reference VGG: crops and score maps
-of any size, truncation at a named layer, batch-norm folding, precision resolution."""
+"""The fast inference chain (fused oneDNN convolutions, Winograd fp32, bf16, int8) against the reference VGG: crops
+and score maps of any size, truncation at a named layer, batch-norm folding, precision resolution."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import verydeep as vd
+from verydeep import fast
 from verydeep.errors import UserError
-from verydeep.fast import FastVGG, best_precision, resolve_precision
+from verydeep.fast import Conv, FastVGG, Winograd, best_precision, resolve_precision
 
 
 def small(name="A", seed=0, **kw):
@@ -24,10 +26,32 @@ def rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 13, 17), (2, 4, 61, 66), (1, 3, 1, 1), (5, 6, 8, 4)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_winograd_equals_direct_convolution(shape, relu):
+    """Partial tiles (sizes not a multiple of 4), chunks of whole images and of tile rows, a 1x1 map."""
+    n, c, h, w = shape
+    torch.manual_seed(0)
+    weight, bias = torch.randn(7, c, 3, 3), torch.randn(7)
+    x = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    ref = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    ref = ref.relu() if relu else ref
+    layer = Winograd(Conv(weight, bias, 1, relu), {})
+    for _ in range(2):  # the second call reuses the buffers: stale padding would show
+        out = layer(x)
+        assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+        assert rel(out.double(), ref) < 1e-5
+
+
+@pytest.mark.parametrize("winograd_from", [None, 1])  # the default threshold, and every 3x3 layer by Winograd
 @pytest.mark.parametrize("name", ["A", "A-LRN", "C", "E", "vgg11_bn"])
-def test_fp32_equals_reference_on_crops_and_maps(name):
+def test_fp32_equals_reference_on_crops_and_maps(name, winograd_from, monkeypatch):
     m = small(name)
+    if winograd_from:
+        monkeypatch.setattr(fast, "WINOGRAD_MIN_CHANNELS", winograd_from)
     net = FastVGG(m, "fp32")
+    n_conv3 = sum(1 for x in m.features if isinstance(x, torch.nn.Conv2d) and x.kernel_size == (3, 3))
+    assert sum(isinstance(op, Winograd) for op in net._by_shape[None]) == (n_conv3 if winograd_from else 0)
     x, big = torch.randn(3, 3, 32, 32), torch.randn(2, 3, 45, 61)  # odd sizes: pooling floors, maps 2x1
     with torch.inference_mode():
         ref, ref_map = m(x), m.score_map(big)

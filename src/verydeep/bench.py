@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .fast import FastVGG, cpu_flags, resolve_precision
 from .models import model_config, multiply_adds, vgg
 from .train import optimizer_kwargs
+from .utils import keep_freed_memory
 
 SECTIONS = ("gemm", "inference", "peers", "train", "protocols", "parity")
 
@@ -54,7 +55,8 @@ def machine(device: str) -> dict:
     except (OSError, StopIteration):
         pass
     info = {"cpu": name, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "amx": "amx_bf16" in cpu_flags(), "device": device}
+            "amx": "amx_bf16" in cpu_flags(), "device": device,
+            "malloc": "keeps freed memory" if keep_freed_memory() else "system default"}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -313,8 +315,9 @@ def protocols(cfg: BenchConfig, model) -> list[dict]:
 
 
 def parity(cfg: BenchConfig) -> list[dict]:
-    """Agreement of each precision with fp32 on real images: top-1 labels and the largest posterior difference,
-    for centre crops and dense score maps at the net's own test scale (Q = S)."""
+    """Agreement of each precision with fp32 direct convolution on real images: top-1 labels and the largest
+    posterior difference, for centre crops and dense score maps at the net's own test scale (Q = S). "fp32" is the
+    default fp32 chain (Winograd convolutions on a CPU)."""
     from .data import Subset, open_source
     from .evaluate import Evaluator
     from .weights import load
@@ -325,12 +328,14 @@ def parity(cfg: BenchConfig) -> list[dict]:
     for w in cfg.weights:
         model = load(w)
         q = model.train_scale[0] if model.train_scale else round(model.config.crop_size * 256 / 224)
-        post = {p: Evaluator(model, cfg.device, 32, 0, p, progress=False).run(src, ["center", "dense"], [q])
-                for p in ("fp32", "bf16", "int8")}
-        for p in ("bf16", "int8"):
+        evs = {p: Evaluator(model, cfg.device, 32, 0, p, progress=False) for p in ("fp32", "bf16", "int8")}
+        evs["direct"] = Evaluator(model, cfg.device, 32, 0, "fp32", progress=False)
+        evs["direct"].net = FastVGG(model, "fp32", cfg.device, winograd=False)
+        post = {p: ev.run(src, ["center", "dense"], [q]) for p, ev in evs.items()}
+        for p in ("fp32", "bf16", "int8"):
             for protocol in ("center", "dense"):
-                a, b = post["fp32"].combine(protocol, [q]), post[p].combine(protocol, [q])
-                ok = post["fp32"].valid
+                a, b = post["direct"].combine(protocol, [q]), post[p].combine(protocol, [q])
+                ok = post["direct"].valid
                 rows.append({"section": "parity", "weights": str(w), "precision": p, "protocol": protocol,
                              "images": int(ok.sum()),
                              "top1_agreement": float((a[ok].argmax(1) == b[ok].argmax(1)).mean()),
@@ -358,7 +363,7 @@ def run(cfg: BenchConfig) -> dict:
     info = machine(dev)
     print(f"machine: {info['cpu']}" + (f", {info['gpu']}" if "gpu" in info else "") +
           f"; {info['cores']} cores, {info['threads']} threads, torch {info['torch']}; "
-          f"auto precision here: {resolve_precision('auto', dev)}", flush=True)
+          f"auto precision here: {resolve_precision('auto', dev)}; malloc {info['malloc']}", flush=True)
     gemm = {"fp32": gemm_gflops(torch.float32, dev), "bf16": gemm_gflops(torch.bfloat16, dev)}
     print(f"gemm      same-run GEMM rate: fp32 {gemm['fp32']:.1f} GFLOP/s, bf16 {gemm['bf16']:.1f} GFLOP/s",
           flush=True)

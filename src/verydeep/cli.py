@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .fast import PRECISIONS
+from .utils import keep_freed_memory
 
 PRECISION_HELP = ("auto (default): the fastest that agrees with fp32 on this device (bf16 on AMX/AVX512-BF16 CPUs "
                   "and CUDA, else fp32); int8: CPU post-training quantisation, opt-in (BENCHMARKS.md)")
@@ -615,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # every command allocates VGG activations again and again (utils.py)
     try:
         return args.func(args)
     except UserError as e:
