@@ -59,3 +59,12 @@ def test_peak_memory_sees_an_allocation():
         x += 1
     assert 48 < mem.peak_mib < 200
     assert main(["bench", "--only", "nosuch"]) == 2
+
+
+def test_train_step_row_has_both_gemm_ratios():
+    from verydeep.bench import train_step
+
+    r = train_step("A", 32, 0.125, 16, 4, "fp32", 2, "cpu", {"fp32": 100.0})
+    assert r["section"] == "train" and r["batch"] == 4 and r["images_per_s"] > 0
+    assert r["gemm_ratio"] == pytest.approx(r["gflops"] / 100.0)  # against the start-of-run GEMM given
+    assert r["gemm_beside"] > 0 and 0 < r["beside_ratio"] < 10  # against GEMMs timed between the steps

@@ -129,14 +129,33 @@ def timed(fn, repeats: int, device: str, warmup: int = 1) -> dict:
     return {"seconds": statistics.median(times), "min": min(times), "max": max(times), "peak_mib": mem.peak_mib}
 
 
-def gemm_gflops(dtype: torch.dtype, device: str = "cpu", repeats: int = 10) -> float:
-    """The machine's limit: the best of repeated square matrix products (2048 on a CPU, where it ran fastest of
-    2048/4096 on the development machine; 8192 on a GPU). The best, not the median, so that a ratio to it is a
-    conservative figure on a noisy machine."""
+def gemm_operands(dtype: torch.dtype, device: str = "cpu") -> tuple[torch.Tensor, ...]:
     n = 2048 if device == "cpu" else 8192
     a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    return 2 * n**3 / timed(lambda: a @ b, repeats, device, warmup=3)["min"] / 1e9
+    return a, torch.randn(n, n, device=device).to(dtype), torch.empty(n, n, device=device, dtype=dtype)
+
+
+def gemm_best(ops: tuple[torch.Tensor, ...], repeats: int, device: str) -> float:
+    """GFLOP/s of the fastest of `repeats` products a @ b (into a kept output: no allocation while it is timed)."""
+    a, b, c = ops
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.shape[0] ** 3 / best / 1e9
+
+
+def gemm_gflops(dtype: torch.dtype, device: str = "cpu", repeats: int = 10) -> float:
+    """The machine's limit: the best of repeated square matrix products (2048 on a CPU, where it ran fastest of
+    2048/4096 on the development machine; 8192 on a GPU), after 3 warm-up products. The best, not the median, so
+    that a ratio to it is a conservative figure on a noisy machine."""
+    ops = gemm_operands(dtype, device)
+    gemm_best(ops, 3, device)
+    return gemm_best(ops, repeats, device)
 
 
 VGG16_MACS = multiply_adds(model_config("D"), 224)  # 15.47 G
@@ -281,10 +300,28 @@ def train_step(name: str, crop: int, width: float, fc: int, batch: int, precisio
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    t = timed(step, repeats, device)
+    # A GEMM beside every step too: this machine's speed drifts 2x within minutes, so a ratio to the GEMM taken at
+    # the start of the run says as much about the drift as about the step. Both ratios are reported.
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    ops = gemm_operands(dtype, device)
+    gemm_best(ops, 2, device)
+    times, beside = [], []
+    with PeakMemory(device) as mem:
+        step()
+        sync()
+        for _ in range(repeats):
+            beside.append(gemm_best(ops, 3, device))
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t0)
+    t = {"seconds": statistics.median(times), "min": min(times), "max": max(times), "peak_mib": mem.peak_mib}
     macs = multiply_adds(model.config, crop)
     r = _row("train", f"{name} crop {crop} width {width:g} {precision}", batch, t, gemm[precision], macs, passes=3)
-    print(_fmt(r), flush=True)
+    r["gemm_beside"] = statistics.median(beside)
+    r["beside_ratio"] = statistics.median(3 * 2 * macs * batch / s / 1e9 / g for s, g in zip(times, beside))
+    print(_fmt(r) + f"  /GEMM beside {r['beside_ratio']:.2f} (of {r['gemm_beside']:.0f})", flush=True)
     return r
 
 
