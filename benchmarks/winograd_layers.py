@@ -25,7 +25,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     keep_freed_memory()  # as every verydeep command runs
-    print(f"{'layer':<16} {'direct ms':>10} {'Winograd ms':>12} {'speed-up':>9} {'err direct':>11} {'err Winograd':>13}")
+    print(f"{'layer':<16} {'direct ms':>10} {'Winograd ms':>12} {'speed-up':>9} {'err direct':>11} "
+          f"{'err Winograd':>13}")
     torch.manual_seed(0)
     with torch.inference_mode():
         for ci, co, s in LAYERS:

@@ -90,8 +90,8 @@ class Conv:
 # a 4x4 output tile A^T [(G g G^T) * (B^T d B)] A, so a 3x3 convolution becomes 36 matrix products over the channels
 # with 36 multiplies per 16 outputs instead of 144. Used for fp32 on the CPU, where oneDNN runs direct convolutions
 # only and ONNX Runtime's fp32 kernels are faster than them (BENCHMARKS.md). Channels below WINOGRAD_MIN_CHANNELS make
-# 36 products too thin to beat a direct convolution (measured at batch 8: 64->128 at 112 was even, 128->128 at 112
-# was 1.3x faster, 256+ channels 1.7-2.5x).
+# 36 products too thin to beat a direct convolution (benchmarks/winograd_layers.py, batch 8: 64->64 at 224 0.85x,
+# 64->128 at 112 1.0-1.3x in two runs, 128->128 at 112 1.5x, 256 and 512 channels 1.5-2.5x).
 _BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
        [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
 _G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
@@ -104,7 +104,8 @@ _TILES_PER_CHUNK = 196  # tiles transformed and multiplied at once: a chunk's wo
 class Winograd:
     """A 3x3, padding-1 convolution (+ bias, optional ReLU) by F(4x4, 3x3) on channels-last fp32 maps of any size.
     The work goes in chunks of tiles through buffers kept between calls: whole-map temporaries would be 2.25x the
-    input and fresh memory on every call (page faults), which measured slower than the direct convolution."""
+    input and fresh memory on every call (page faults), which measured slower than the direct convolution. The
+    buffers are shared by the layers of one net, so one net serves one thread at a time."""
     m, a = 4, 6
 
     def __init__(self, s: Conv, workspace: dict):
@@ -250,8 +251,8 @@ class FastVGG:
         self._ops = []
         self._workspace: dict = {}  # the Winograd layers' buffers, shared: the layers run one after another
         for s in self.steps:
-            if (winograd and self.precision == "fp32" and isinstance(s, Conv) and s.weight.shape[1] >= WINOGRAD_MIN_CHANNELS
-                    and s.weight.shape[2:] == (3, 3) and s.padding == 1):
+            if (winograd and self.precision == "fp32" and isinstance(s, Conv) and s.padding == 1
+                    and s.weight.shape[2:] == (3, 3) and s.weight.shape[1] >= WINOGRAD_MIN_CHANNELS):
                 self._ops.append(Winograd(s, self._workspace))
             elif isinstance(s, Conv):
                 w = s.weight.to(self.dtype).contiguous(memory_format=torch.channels_last)
