@@ -113,20 +113,29 @@ def _trim() -> None:
         pass
 
 
-def timed(fn, repeats: int, device: str, warmup: int = 1) -> dict:
-    """Median seconds of fn() over repeats after warm-up, min-max, and the peak memory of the whole."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+def _sync(device: str):
+    """What waits for the device's queued work before a clock is read (nothing on a CPU)."""
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def timed(fn, repeats: int, device: str, warmup: int = 1, between=None) -> dict:
+    """Median seconds of fn() over repeats after warm-up, min-max, every time, and the peak memory of the whole;
+    `between()`, if given, runs untimed before each timed call."""
+    sync = _sync(device)
     with PeakMemory(device) as mem:
         for _ in range(warmup):
             fn()
         sync()
         times = []
         for _ in range(repeats):
+            if between:
+                between()
             t0 = time.perf_counter()
             fn()
             sync()
             times.append(time.perf_counter() - t0)
-    return {"seconds": statistics.median(times), "min": min(times), "max": max(times), "peak_mib": mem.peak_mib}
+    return {"seconds": statistics.median(times), "min": min(times), "max": max(times), "times": times,
+            "peak_mib": mem.peak_mib}
 
 
 def gemm_operands(dtype: torch.dtype, device: str = "cpu") -> tuple[torch.Tensor, ...]:
@@ -138,7 +147,7 @@ def gemm_operands(dtype: torch.dtype, device: str = "cpu") -> tuple[torch.Tensor
 def gemm_best(ops: tuple[torch.Tensor, ...], repeats: int, device: str) -> float:
     """GFLOP/s of the fastest of `repeats` products a @ b (into a kept output: no allocation while it is timed)."""
     a, b, c = ops
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync = _sync(device)
     best = float("inf")
     for _ in range(repeats):
         sync()
@@ -254,7 +263,7 @@ def inference(cfg: BenchConfig, runners: list[Runner], gemm: dict) -> list[dict]
     of a shared machine hits them all alike; the median over rounds. The first call of each (compilation,
     first-touch) is timed apart; peak memory is taken over the second."""
     dev = cfg.device
-    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+    sync = _sync(dev)
     rows = []
     for batch in cfg.batches:
         first, peak, times = {}, {}, {r.mode: [] for r in runners}
@@ -302,25 +311,14 @@ def train_step(name: str, crop: int, width: float, fc: int, batch: int, precisio
 
     # A GEMM beside every step too: this machine's speed drifts 2x within minutes, so a ratio to the GEMM taken at
     # the start of the run says as much about the drift as about the step. Both ratios are reported.
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    ops = gemm_operands(dtype, device)
+    ops = gemm_operands(torch.bfloat16 if precision == "bf16" else torch.float32, device)
     gemm_best(ops, 2, device)
-    times, beside = [], []
-    with PeakMemory(device) as mem:
-        step()
-        sync()
-        for _ in range(repeats):
-            beside.append(gemm_best(ops, 3, device))
-            t0 = time.perf_counter()
-            step()
-            sync()
-            times.append(time.perf_counter() - t0)
-    t = {"seconds": statistics.median(times), "min": min(times), "max": max(times), "peak_mib": mem.peak_mib}
+    beside: list[float] = []
+    t = timed(step, repeats, device, between=lambda: beside.append(gemm_best(ops, 3, device)))
     macs = multiply_adds(model.config, crop)
     r = _row("train", f"{name} crop {crop} width {width:g} {precision}", batch, t, gemm[precision], macs, passes=3)
     r["gemm_beside"] = statistics.median(beside)
-    r["beside_ratio"] = statistics.median(3 * 2 * macs * batch / s / 1e9 / g for s, g in zip(times, beside))
+    r["beside_ratio"] = statistics.median(3 * 2 * macs * batch / s / 1e9 / g for s, g in zip(t["times"], beside))
     print(_fmt(r) + f"  /GEMM beside {r['beside_ratio']:.2f} (of {r['gemm_beside']:.0f})", flush=True)
     return r
 
