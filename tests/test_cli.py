@@ -95,3 +95,27 @@ def test_user_mistakes_are_one_line(weights, image, tmp_path, args, match):
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], r.stderr
+
+
+def test_predict_reports_bad_images_and_goes_on(weights, image, tmp_path):
+    Image.fromarray(np.full((2, 10000, 3), 90, np.uint8)).save(tmp_path / "strip.png")  # 10000x2
+    (tmp_path / "text.jpg").write_text("not an image")
+    r = subprocess.run([sys.executable, "-m", "verydeep", "predict", "--weights", str(weights), "--json",
+                        str(tmp_path / "strip.png"), str(tmp_path / "text.jpg"), str(image)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 2 and "strip.png: extreme aspect ratio (10000x2 would be" in err[0]
+    assert "text.jpg: not an image file" in err[1]
+    assert [x["image"] for x in json.loads(r.stdout)] == [str(image)]  # the good one still predicted
+
+
+@pytest.mark.parametrize("args,match", [
+    (["evaluate", "--weights", "{w}", "--data", "{d}", "--threads", "-2"], "--threads -2: give at least 1"),
+    (["evaluate", "--weights", "{w}", "--data", "{d}", "--device", "tpu"], "--device 'tpu': choose auto, cpu"),
+    (["bench", "--device", "tpu"], "--device 'tpu': choose auto, cpu"),
+])
+def test_shared_options_are_checked(weights, tmp_path, args, match):
+    argv = [a.format(w=weights, d=tmp_path) for a in args]
+    r = subprocess.run([sys.executable, "-m", "verydeep", *argv], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and match in r.stderr, r.stderr

@@ -319,3 +319,89 @@ def test_fashion_mnist_download_with_fake_opener(fake_fmnist):
 def test_real_fashion_mnist_checksums():
     images, labels = fm.load_arrays("test", allow_download=False)
     assert images.shape == (10000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
+
+
+# ------------------------------------------------------------------------------------------- hostile folders
+def test_fifo_named_like_an_image_is_left_out_and_never_read(folder, caplog):
+    import os
+
+    from verydeep.transforms import BadImage, read_bytes
+
+    fifo = folder / "n01" / "x.JPEG"
+    os.mkfifo(fifo)
+    with caplog.at_level(logging.WARNING, "verydeep.data"):
+        src = ImageFolder(folder)
+    assert len(src) == 18 and "x.JPEG: not a regular file" in caplog.text
+    with pytest.raises(BadImage, match="not a regular file"):
+        read_bytes(fifo)  # would block forever if opened
+
+
+def test_symlink_loop_is_followed_once(folder, caplog):
+    import os
+
+    os.symlink(".", folder / "n01" / "loop")
+    os.symlink("../n02", folder / "n01" / "other")  # a link elsewhere is still followed
+    with caplog.at_level(logging.WARNING, "verydeep.data"):
+        src = ImageFolder(folder)
+    assert len(src) == 18 + 6 and "a symbolic link back to a folder already read (a loop)" in caplog.text
+
+
+def test_unreadable_class_folder_is_named_not_called_empty(folder, monkeypatch):
+    import os
+
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("n02"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(UserError, match=r"n02: cannot list the folder \(Permission denied\)"):
+        ImageFolder(folder)
+
+
+def thin_png(path, w, h):
+    Image.fromarray(np.full((h, w, 3), 200, np.uint8)).save(path)
+
+
+def test_extreme_aspect_ratio_costs_a_crop_in_validation_and_is_skipped_whole(tmp_path):
+    from verydeep.data import CenterCropDataset
+    from verydeep.evaluate import Evaluator
+    from verydeep.transforms import BadImage, check_whole_image
+    from conftest import tiny
+
+    d = imagenet_folder(tmp_path / "v", per_class=2)
+    thin_png(d / "n01" / "thin.png", 400000, 1)  # 1.2 KB of PNG
+    src = ImageFolder(d)
+    i = next(k for k in range(len(src)) if src.path(k).endswith("thin.png"))
+    view, label, _, _ = CenterCropDataset(src, 37, 32)[i]  # validation: the crop's box only
+    assert view.shape == (3, 32, 32) and label == 0
+    with pytest.raises(BadImage, match=r"extreme aspect ratio \(400000x1 would be 14800000x37"):
+        check_whole_image(400000, 1, 37)
+    ev = Evaluator(tiny("A", num_classes=3, crop_size=32), batch_size=4, workers=0, precision="fp32",
+                   progress=False)
+    post = ev.run(src, ["dense", "multicrop"], [37])
+    assert post.valid.sum() == len(src) - 1 and not post.valid[i]
+
+
+def test_colour_mean_weighs_every_image_alike(tmp_path):
+    for i in range(3):
+        (tmp_path / "d" / "c").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (100, 100), (0, 0, 0)).save(tmp_path / "d" / "c" / f"{i}.png")
+    Image.new("RGB", (3000, 2), (200, 100, 40)).save(tmp_path / "d" / "c" / "thin.png")  # 6000 px vs 10000
+    st = colour.compute(ImageFolder(tmp_path / "d"), progress=False)
+    np.testing.assert_allclose(st.mean, (50, 25, 10), atol=1e-6)  # (3 x black + 1 x colour) / 4 images
+
+
+def test_shard_offsets_that_lie(folder, tmp_path):
+    pack(ImageFolder(folder), tmp_path / "sh", shard_size="10", progress=False)
+    off = np.load(tmp_path / "sh" / "shards.offsets.npy")
+    np.save(tmp_path / "sh" / "shards.offsets.npy", off[:5])
+    with pytest.raises(UserError, match=r"offsets of shape \(5, 6\) do not match 18 samples"):
+        open_source(tmp_path / "sh")
+    off[3, 2] = 2**40  # an image "size" of 1 TB
+    np.save(tmp_path / "sh" / "shards.offsets.npy", off)
+    from verydeep.transforms import BadImage
+    with pytest.raises(BadImage, match="malformed shard index"):
+        open_source(tmp_path / "sh").read(3)

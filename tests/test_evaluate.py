@@ -190,3 +190,16 @@ def test_predict_protocols_and_scales(model, data, tmp_path, capsys):
                      "--scales", "auto-multi", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)[0]
         assert out["scales"] == [64, 73, 82] and len(out["top"]) == 3
+
+
+def test_posteriors_file_declaring_more_than_it_holds(tmp_path):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**9, 1000)})
+    with zipfile.ZipFile(tmp_path / "p.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("dense@256.npy", buf.getvalue() + b"\0" * 64)
+        z.writestr("labels.npy", b"")
+    with pytest.raises(UserError, match=r"not a verydeep posteriors file \(member dense@256.npy declares"):
+        Posteriors.load(tmp_path / "p.npz")

@@ -122,3 +122,10 @@ def test_voc_layout_and_cli(nets, tmp_path, capsys):
     assert main(["transfer", "--features", str(tmp_path / "trainval.npy"), "--test-features",
                  str(tmp_path / "test.npy")]) == 0
     assert "mAP" in capsys.readouterr().out
+
+
+def test_transfer_refuses_features_that_do_not_match_their_index(tmp_path):
+    np.save(tmp_path / "f.npy", np.zeros((5, 3), np.float32))
+    (tmp_path / "f.json").write_text(json.dumps({"labels": [0, 1, 0], "classes": ["a", "b"]}))
+    r = main(["transfer", "--features", str(tmp_path / "f.npy")])
+    assert r == 2

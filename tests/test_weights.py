@@ -2,6 +2,7 @@
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,7 +145,7 @@ def test_pickle_code_is_never_executed(tmp_path, monkeypatch):
     with open("evil2.pth", "wb") as f:  # a zip checkpoint whose pickle holds a callable
         torch.save(_Evil(), f)
     for p in ("evil.pth", "evil2.pth"):
-        with pytest.raises(vd.WeightsError, match="cannot read as a PyTorch state dict"):
+        with pytest.raises(vd.WeightsError, match="not loaded: its pickle calls posix.system"):
             vd.vgg("A", weights=p)
     assert not os.path.exists("pwned")
 
@@ -187,3 +188,119 @@ def test_notop_files_need_strict_false(tmp_path):
         vd.vgg("A", weights=tmp_path / "notop.pth", num_classes=7, width=1 / 16)
     m = vd.vgg("A", weights=tmp_path / "notop.pth", strict=False, num_classes=7, crop_size=64, fc_width=32)
     assert torch.equal(m.layer("conv5_2").weight, src.layer("conv5_2").weight)
+
+
+# ------------------------------------------------------------------------------------------- hostile files
+def _h5_with(tmp_path, make):
+    import h5py
+
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"block1_conv1"]
+        g = f.create_group("block1_conv1")
+        g.attrs["weight_names"] = [b"block1_conv1/kernel:0"]
+        make(f, g)
+    return path
+
+
+def test_h5_declaring_more_than_it_holds_is_refused_unread(tmp_path):
+    import resource
+
+    path = _h5_with(tmp_path, lambda f, g: g.create_dataset("block1_conv1/kernel:0", shape=(2**31,), dtype="f8"))
+    assert path.stat().st_size < 10_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(vd.WeightsError, match="declares over 17,179,869,184 bytes of weights but is"):
+        vd.vgg("vgg16", weights=path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing of 16 GiB read
+
+
+def test_h5_data_outside_the_file_is_refused(tmp_path):
+    import h5py
+
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
+
+    def external(f, g):
+        g.create_dataset("block1_conv1/kernel:0", shape=(4, 4), dtype="f4",
+                         external=[(str(tmp_path / "secret.bin"), 0, 64)])
+
+    with pytest.raises(vd.WeightsError, match="keeps its data outside the file"):
+        vd.vgg("vgg16", weights=_h5_with(tmp_path, external))
+
+    def link(f, g):
+        g["block1_conv1/kernel:0"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/x")
+
+    with pytest.raises(vd.WeightsError, match="is a link to elsewhere"):
+        vd.vgg("vgg16", weights=_h5_with(tmp_path, link))
+
+
+def test_hdf5_with_a_layers_group_that_is_not_keras(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.create_group("layers").create_dataset("vars", data=np.zeros(3))
+    with pytest.raises(vd.WeightsError) as e:
+        vd.vgg("vgg16", weights=tmp_path / "x.h5")
+    assert "\n" not in str(e.value)
+
+
+def test_safetensors_header_that_is_a_json_list(tmp_path):
+    from safetensors.torch import save_file
+
+    src = tiny("A")
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, tmp_path / "l.safetensors",
+              metadata={"verydeep": "[1, 2, 3]"})
+    with pytest.raises(vd.WeightsError, match="malformed verydeep header: expected a JSON object, found list"):
+        vd.load(tmp_path / "l.safetensors")
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64])
+def test_non_float_tensors_are_refused(tmp_path, dtype):
+    src, sd = _tv_state_dict("vgg11")
+    sd["features.0.weight"] = sd["features.0.weight"].to(dtype)
+    torch.save(sd, tmp_path / "w.pth")
+    with pytest.raises(vd.WeightsError, match=f"conv1_1.weight: holds {dtype} values; weights are floating point"):
+        vd.vgg("A", weights=tmp_path / "w.pth")
+
+
+def test_header_config_is_checked_before_the_model_is_allocated(tmp_path):
+    """A header claiming a billion classes over small tensors: the shape check runs on the meta device."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    vd.save(tiny("A"), tmp_path / "a.safetensors")
+    with safe_open(str(tmp_path / "a.safetensors"), "pt") as f:
+        meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    header = json.loads(meta["verydeep"])
+    header["config"]["num_classes"], header["class_names"] = 10**9, None
+    save_file(sd, tmp_path / "b.safetensors", metadata={"verydeep": json.dumps(header)})
+    with pytest.raises(vd.WeightsError, match=r"fc8.weight: file has \(7, 32\), model expects \(1000000000, 32\)"):
+        vd.load(tmp_path / "b.safetensors")
+
+
+def test_a_lrn_and_a_are_told_apart_where_the_file_says(tmp_path):
+    src = tiny("A")
+    vd.save(src, tmp_path / "a.safetensors")
+    with pytest.raises(vd.WeightsError, match="file holds a A model, not A-LRN"):
+        vd.load_into(tiny("A-LRN"), tmp_path / "a.safetensors")
+    with pytest.raises(vd.WeightsError, match="file holds a A model, not A-LRN"):
+        vd.vgg("A-LRN", weights=tmp_path / "a.safetensors")
+
+
+def test_refused_pickle_is_named_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open("evil.pth", "wb") as f:
+        torch.save(_Evil(), f)
+    with pytest.raises(vd.WeightsError) as e:
+        vd.vgg("A", weights="evil.pth")
+    msg = str(e.value)
+    assert msg == ("evil.pth: not loaded: its pickle calls posix.system, which could run code; only tensors and "
+                   "plain data are read")
+    assert "\x1b" not in msg and "weights_only" not in msg and not os.path.exists("pwned")
+
+
+def test_training_checkpoint_missing_keys(tmp_path):
+    torch.save({"model_config": tiny("A").config.to_dict(), "model": tiny("A").state_dict()}, tmp_path / "c.pt")
+    with pytest.raises(vd.WeightsError, match="malformed verydeep checkpoint header"):
+        vd.load(tmp_path / "c.pt")

@@ -38,7 +38,7 @@ BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH, BLOB_DATA, BLOB_SHAPE = 1, 2, 
 SHAPE_DIM = 1
 LP_NAME, LP_TYPE, LP_BOTTOM, LP_TOP, LP_BLOBS, LP_CONV_PARAM = 1, 2, 3, 4, 7, 106
 V1_BOTTOM, V1_TOP, V1_NAME, V1_TYPE, V1_BLOBS = 2, 3, 4, 5, 6
-V1_CONVOLUTION, V1_INNER_PRODUCT, V1_RELU, V1_POOLING, V1_DROPOUT, V1_SOFTMAX = 4, 14, 18, 17, 6, 20
+V1_CONVOLUTION, V1_INNER_PRODUCT, V1_RELU, V1_POOLING, V1_DROPOUT, V1_SOFTMAX, V1_LRN = 4, 14, 18, 17, 6, 20, 15
 NET_NAME, NET_LAYERS, NET_INPUT, NET_INPUT_DIM, NET_LAYER = 1, 2, 3, 4, 100
 
 
@@ -72,6 +72,8 @@ def caffemodel(model, fmt):
             kind, v1, blobs = "Pooling", V1_POOLING, []
         elif name.startswith("drop"):
             kind, v1, blobs = "Dropout", V1_DROPOUT, []
+        elif name.startswith("norm"):
+            kind, v1, blobs = "LRN", V1_LRN, []
         else:
             continue
         top = name if not name.startswith(("relu", "drop")) else bottom  # in-place, as in Caffe
@@ -145,8 +147,23 @@ def test_unexpected_layer_with_weights(tmp_path):
         vd.vgg("vgg16", weights=p)
 
 
-def test_wrong_architecture(tmp_path):
-    p = tmp_path / "d.caffemodel"
-    p.write_bytes(caffemodel(tiny("vgg16"), "v1"))
-    with pytest.raises(vd.WeightsError, match="file has 13 conv layers, model A has 8"):
-        vd.vgg("A", weights=p)
+@pytest.mark.parametrize("src,model,match", [
+    ("vgg16", "A", "file has 13 conv layers, model A has 8"),
+    ("A-LRN", "A", "the file's network has LRN layer; model A has none"),  # the weights alone are alike
+    ("A", "A-LRN", "the file's network has no LRN layer; model A-LRN has one"),
+])
+def test_wrong_architecture(tmp_path, src, model, match):
+    p = tmp_path / "net.caffemodel"
+    p.write_bytes(caffemodel(tiny(src), "v1"))
+    with pytest.raises(vd.WeightsError, match=match):
+        vd.vgg(model, weights=p)
+
+
+def test_blob_dimensions_that_overflow_int64(tmp_path):
+    dims = ld(SHAPE_DIM, varint(2**62) + varint(2**62))
+    layer = ld(LP_NAME, b"conv1_1") + ld(LP_TYPE, b"Convolution") + ld(LP_BLOBS, ld(BLOB_SHAPE, dims))
+    p = tmp_path / "big.caffemodel"
+    p.write_bytes(ld(NET_LAYER, layer))
+    with pytest.raises(vd.WeightsError, match=r"needs 21267647932558653966460912964485513216 values, blob holds 0"):
+        vd.vgg("vgg16", weights=p)
+

@@ -319,6 +319,7 @@ def train_step(name: str, crop: int, width: float, fc: int, batch: int, precisio
     r = _row("train", f"{name} crop {crop} width {width:g} {precision}", batch, t, gemm[precision], macs, passes=3)
     r["gemm_beside"] = statistics.median(beside)
     r["beside_ratio"] = statistics.median(3 * 2 * macs * batch / s / 1e9 / g for s, g in zip(t["times"], beside))
+    r.update(macs_per_image=macs, step_seconds=t["times"], gemm_each=beside)
     print(_fmt(r) + f"  /GEMM beside {r['beside_ratio']:.2f} (of {r['gemm_beside']:.0f})", flush=True)
     return r
 

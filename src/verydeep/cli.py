@@ -99,7 +99,7 @@ def cmd_predict(args) -> int:
     import torch
 
     from .evaluate import Evaluator, parse_scales, predict_image
-    from .transforms import load_rgb
+    from .transforms import BadImage, load_rgb
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,10 +108,15 @@ def cmd_predict(args) -> int:
     scales = parse_scales(args.scales, model)
     ev = Evaluator(model, next(model.parameters()).device, batch_size=16, workers=0, precision=args.precision,
                    progress=False)
-    results = []
+    results, failed = [], 0
     for image in args.images:
         t0 = time.perf_counter()
-        p = predict_image(model, load_rgb(image), args.protocol, scales, evaluator=ev)
+        try:
+            p = predict_image(model, load_rgb(image), args.protocol, scales, evaluator=ev)
+        except (UserError, BadImage) as e:  # one bad image in a list: reported, the others still predicted
+            print(f"verydeep predict: {e if isinstance(e, UserError) else f'{image}: {e}'}", file=sys.stderr)
+            failed += 1
+            continue
         top = p.topk(min(args.top, p.numel()))
         entry = {"image": str(image), "protocol": args.protocol, "scales": scales,
                  "seconds": round(time.perf_counter() - t0, 4),
@@ -124,7 +129,7 @@ def cmd_predict(args) -> int:
                 print(f"  {r['probability']:8.4f}  {r['class']:>4}  {r['name']}")
     if args.json:
         print(json.dumps(results, indent=2))
-    return 0
+    return 2 if failed else 0
 
 
 def cmd_evaluate(args) -> int:
@@ -369,7 +374,15 @@ def cmd_transfer(args) -> int:
         meta_path = path.with_suffix(".json")
         if not meta_path.is_file():
             raise UserError(f"{meta_path}: no index beside the features (write them with `verydeep features`)")
-        return np.load(path.with_suffix(".npy")), json.loads(meta_path.read_text())
+        npy = path.with_suffix(".npy")
+        try:  # memory-mapped: nothing larger than the file is allocated
+            x = np.load(npy, mmap_mode="r", allow_pickle=False)
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{npy}: unreadable features ({str(e).splitlines()[0][:160]})") from None
+        if x.ndim != 2 or len(meta.get("labels", [])) != len(x):
+            raise UserError(f"{npy}: {len(x)} rows for {len(meta.get('labels', []))} labels in {meta_path}")
+        return x, meta
 
     x, meta = read(args.features)
     if args.test_features:
@@ -614,15 +627,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_common(args) -> None:
+    """Options several commands share, checked before any work."""
+    from .distributed import check_device
+
+    if args.command == "train":  # TrainConfig checks its own fields
+        return
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads {threads}: give at least 1")
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .transforms import BadImage
+
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # every command allocates VGG activations again and again (utils.py)
     try:
+        _check_common(args)
         return args.func(args)
     except UserError as e:
         print(f"verydeep {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # invalid option values (unknown model name, bad sizes) are user mistakes too
+    except BadImage as e:
         print(f"verydeep {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data.loader import Skip, _worker_init
 from .data.sources import Source
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .models import VGG
 from .transforms import as_rgb, grid_positions, rescale, to_tensor, to_uint8
 
@@ -128,12 +129,33 @@ class Posteriors:
 
     @classmethod
     def load(cls, path: Path) -> "Posteriors":
+        """A posteriors file, read without pickles and without allocating more than its arrays truly hold (each
+        member's declared shape is checked against its stored size first), with consistent shapes."""
+        import zipfile
+
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: no such posteriors file")
-        with np.load(path, allow_pickle=False) as z:
-            probs = {(k.split("@")[0], int(k.split("@")[1])): z[k] for k in z.files if "@" in k}
-            return cls(z["labels"], probs, z["valid"], z["paths"].tolist())
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    with zf.open(info) as f:
+                        version = np.lib.format.read_magic(f)
+                        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                                       np.lib.format.read_array_header_2_0)
+                        shape, _, dtype = read_header(f)
+                    if dtype.hasobject or math.prod(shape) * dtype.itemsize > info.file_size:
+                        raise ValueError(f"member {info.filename} declares {shape} {dtype}, holds "
+                                         f"{info.file_size} bytes")
+            with np.load(path, allow_pickle=False) as z:
+                labels, valid, paths = z["labels"], z["valid"], z["paths"].tolist()
+                probs = {(k.split("@")[0], int(k.split("@")[1])): z[k] for k in z.files if "@" in k}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise UserError(f"{path}: not a verydeep posteriors file ({str(e).splitlines()[0][:160]})") from None
+        n = len(labels)
+        if len(valid) != n or len(paths) != n or not probs or any(v.ndim != 2 or len(v) != n for v in probs.values()):
+            raise UserError(f"{path}: inconsistent posteriors file (arrays of different lengths)")
+        return cls(labels, probs, valid.astype(bool), paths)
 
 
 class Evaluator:
@@ -323,7 +345,7 @@ def predict_image(model: VGG, img: Image.Image, protocol: str = "dense", scales:
     """Soft-max posteriors (classes,) for one RGB image under a protocol, averaged over scales. Pass an
     `evaluator` to reuse its prepared net over many images."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
+        raise ConfigError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
     crop = model.config.crop_size
     scales = scales or [round(crop * 256 / 224)]
     ev = evaluator or Evaluator(model, next(model.parameters()).device, batch_size=16, workers=0,
@@ -332,7 +354,7 @@ def predict_image(model: VGG, img: Image.Image, protocol: str = "dense", scales:
     out = []
     for q in scales:
         if q < crop:
-            raise ValueError(f"test scale {q} is smaller than the {crop} crop")
+            raise ConfigError(f"test scale {q} is smaller than the {crop} crop")
         big = to_uint8(rescale(img, q))
         for p in base:
             if p == "dense":

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .models import VGG
 from .utils import atomic_write
 
@@ -35,7 +36,7 @@ def export_onnx(model: VGG, path: str | os.PathLike, graph: str = "logits", with
     """Write an ONNX graph. graph="logits": input (N, C, crop, crop) -> (N, classes). graph="score_map": input
     (N, C, H, W), H, W >= crop -> (N, classes, h, w). with_preprocess bakes model.preprocess in (input RGB in [0, 1])."""
     if graph not in GRAPHS:
-        raise ValueError(f"unknown graph {graph!r}; choose one of {GRAPHS}")
+        raise ConfigError(f"unknown graph {graph!r}; choose one of {GRAPHS}")
     path = Path(path)
     model = model.eval()
     crop = model.config.crop_size

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserError
-from .models import VGG
+from .errors import ConfigError, UserError
+from .models import VGG, check_memory
 from .utils import keep_freed_memory
 
 log = logging.getLogger("verydeep")
@@ -225,6 +225,7 @@ class FastVGG:
         self.precision = resolve_precision(precision, self.device)
         keep_freed_memory()  # activations are allocated anew on every call: reuse them, no page faults (utils.py)
         self.crop, self.upto, self.preprocess = model.config.crop_size, upto, model.preprocess
+        self.config = model.config
         self.steps: list[Conv | Op] | None = chain(model, upto)
         self._quant: nn.Module | None = None
         if self.precision == "int8":
@@ -330,7 +331,8 @@ class FastVGG:
     @torch.inference_mode()
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
         if min(x.shape[-2:]) < self.crop:
-            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than the {self.crop} crop")
+            raise ConfigError(f"input {tuple(x.shape[-2:])} is smaller than the {self.crop} crop")
+        check_memory(self.config, x.shape, self.device, 4)
         x = x.to(self.device)
         if self._backend == "onednn":
             y = self._onednn(x)
@@ -344,6 +346,6 @@ class FastVGG:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.crop, self.crop):
-            raise ValueError(f"input {tuple(x.shape[-2:])} does not match the {self.crop}x{self.crop} crop; use "
+            raise ConfigError(f"input {tuple(x.shape[-2:])} does not match the {self.crop}x{self.crop} crop; use "
                              "score_map for other sizes")
         return self.score_map(x).flatten(1)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .data.sources import Source
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .fast import FastVGG
 from .models import VGG
 from .transforms import BadImage, as_rgb, rescale, to_uint8
@@ -31,7 +31,7 @@ def descriptor(models: list[VGG | FastVGG], img, scales: list[int], layer: str =
     parts = []
     for m in models:
         if isinstance(m, FastVGG) and m.upto != layer:
-            raise ValueError(f"net prepared up to {m.upto}, descriptor of {layer} asked")
+            raise ConfigError(f"net prepared up to {m.upto}, descriptor of {layer} asked")
         per_scale = []
         for q in scales:
             x = m.preprocess(to_uint8(rescale(img, q))[None].float() / 255)

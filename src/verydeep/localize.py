@@ -17,7 +17,7 @@ from .data.loader import EpochSampler, _worker_init
 from .data.sources import Source
 from .errors import UserError
 from .models import VGG, VGGConfig
-from .transforms import as_rgb, crop_position, rescale, to_uint8
+from .transforms import BadImage, as_rgb, check_whole_image, crop_position, rescale, to_uint8
 
 log = logging.getLogger("verydeep")
 MODES = ("scr", "pcr")
@@ -234,14 +234,19 @@ def centre_crop_error(net: VGG, source: Source, scale: int) -> dict:
     """Protocol 1 (Table 8): the central crop, the ground-truth class's box; an error when IoU <= 0.5 with every
     ground-truth box of that class."""
     crop = net.config.crop_size
-    wrong, n = 0, 0
+    wrong, n, skipped = 0, 0, 0
     for i in range(len(source)):
-        s = source.read(i)
-        boxes = class_boxes(s)
-        if not len(boxes):
+        try:
+            s = source.read(i)
+            boxes = class_boxes(s)
+            if not len(boxes):
+                continue
+            img = as_rgb(s.image, scale)
+            big = rescale(img, scale)
+        except (BadImage, ValueError) as e:  # one bad image or annotation never stops an evaluation
+            skipped += 1
+            log.warning("%s: skipped (%s)", source.path(i), e)
             continue
-        img = as_rgb(s.image, scale)
-        big = rescale(img, scale)
         big_w, big_h = big.size
         k = big_w / (s.size or img.size)[0]
         x0, y0 = (big_w - crop) // 2, (big_h - crop) // 2
@@ -250,7 +255,7 @@ def centre_crop_error(net: VGG, source: Source, scale: int) -> dict:
         box = (to_xyxy(pred * crop) + [x0, y0, x0, y0]) / k
         wrong += int(iou(box[None], boxes).max() <= 0.5)
         n += 1
-    return {"images": n, "error": wrong / max(n, 1)}
+    return {"images": n, "error": wrong / max(n, 1), "skipped": skipped}
 
 
 @torch.inference_mode()
@@ -296,26 +301,33 @@ def dense_boxes(net: VGG, classifier: VGG, img, scales: list[int], top_k: int = 
 def dense_error(net: VGG, classifier: VGG, source: Source, scales: list[int], threshold: float = 0.5) -> dict:
     """The ILSVRC localisation error: correct when, for one of the top-5 classes, the predicted box has IoU > 0.5
     with a ground-truth box of that class; and the error with the ground-truth class given."""
-    wrong_top5, wrong_gt, n = 0, 0, 0
+    wrong_top5, wrong_gt, n, skipped = 0, 0, 0, 0
     for i in range(len(source)):
-        s = source.read(i)
-        if not len(s.boxes):
+        try:
+            s = source.read(i)
+            if not len(s.boxes):
+                continue
+            img = as_rgb(s.image)
+            if s.size and img.size != tuple(s.size):
+                check_whole_image(*s.size, min(s.size))
+                img = img.resize(tuple(s.size))
+            posterior, per_scale = dense_maps(net, classifier, img, scales)
+        except (BadImage, ValueError) as e:
+            skipped += 1
+            log.warning("%s: skipped (%s)", source.path(i), e)
             continue
-        img = as_rgb(s.image)
-        if s.size and img.size != tuple(s.size):
-            img = img.resize(tuple(s.size))
         gt_labels = s.box_labels if (s.box_labels >= 0).any() else np.full(len(s.boxes), s.label)
 
         def hit(c, box):
             m = gt_labels == c
             return bool(m.any() and iou(box[None], s.boxes[m]).max() > 0.5)
 
-        posterior, per_scale = dense_maps(net, classifier, img, scales)
         top = posterior.topk(min(5, posterior.numel())).indices.tolist()
         wrong_top5 += int(not any(hit(c, merged_box(net, per_scale, c, threshold)[0]) for c in top))
         wrong_gt += int(not hit(s.label, merged_box(net, per_scale, s.label, threshold)[0]))
         n += 1
-    return {"images": n, "top5_loc_error": wrong_top5 / max(n, 1), "gt_class_loc_error": wrong_gt / max(n, 1)}
+    return {"images": n, "top5_loc_error": wrong_top5 / max(n, 1), "gt_class_loc_error": wrong_gt / max(n, 1),
+            "skipped": skipped}
 
 
 def draw(img, preds, names, out: Path) -> Path:

@@ -1,61 +1,123 @@
-"""What a person watches: metrics as JSON lines and TensorBoard events in the run directory, and PNG curves."""
+"""What a person watches: metrics as JSON lines and TensorBoard events in the run directory, and PNG curves.
+
+Both files are views of the run's records, which the checkpoint holds: a record is appended after the checkpoint
+that holds it is written, and on resume both files are rewritten from the checkpoint's records, so a kill between
+the two writes loses nothing and duplicates nothing. TensorBoard events are written here, synchronously (a full
+disk is an error naming the file, not a background thread's traceback), in TensorBoard's own record format."""
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
+import shutil
+import struct
 from pathlib import Path
 
 from .errors import UserError
+from .utils import atomic_write, write_error
 
 log = logging.getLogger("verydeep")
 METRICS = "metrics.jsonl"
+TB_DIR = "tb"
+TB_FILE = "events.out.tfevents.verydeep"  # TensorBoard reads every file named *tfevents* in the folder
+
+
+def _tb_record(data: bytes) -> bytes:
+    """One TFRecord: length, masked CRC-32C of the length, data, masked CRC-32C of the data."""
+    from tensorboardX.record_writer import masked_crc32c
+
+    header = struct.pack("<Q", len(data))
+    return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+
+
+def tb_events(records: list[dict], first: bool) -> bytes:
+    """The TensorBoard events of some records: each number a scalar at the record's global step."""
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    out = []
+    if first:
+        out.append(_tb_record(Event(wall_time=records[0].get("time", 0.0) if records else 0.0,
+                                    file_version="brain.Event:2").SerializeToString()))
+    for r in records:
+        values = [Summary.Value(tag=k.replace("_", "/", 1), simple_value=float(v)) for k, v in r.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  and k not in ("global_step", "time")]
+        out.append(_tb_record(Event(wall_time=float(r.get("time", 0.0)), step=int(r.get("global_step", 0)),
+                                    summary=Summary(value=values)).SerializeToString()))
+    return b"".join(out)
 
 
 class MetricsLog:
-    """Appends one JSON object per record to metrics.jsonl (fsynced), mirrors numbers to TensorBoard."""
+    """metrics.jsonl and TensorBoard events of one run, kept equal to `records` (the list the checkpoint holds,
+    shared, not copied). A record is entered with ``add`` before the checkpoint is written, and reaches the files
+    with ``write`` after it."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    def __init__(self, run_dir: Path, records: list[dict], enabled: bool = True):
         self.path = Path(run_dir) / METRICS
+        self.tb = Path(run_dir) / TB_DIR / TB_FILE
         self.enabled = enabled
-        self.tb = None
+        self.records = records
+        self._pending: str | None = None
         if enabled:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-                except ImportError:
-                    SummaryWriter = None
-                    log.info("TensorBoard events not written: install tensorboardX")
-            if SummaryWriter is not None:
-                self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            self.rewrite()
 
-    def write(self, record: dict, step: int) -> None:
-        if not self.enabled:
+    def rewrite(self) -> None:
+        """Both files exactly from the records (a new run: empty; a resumed run: what its checkpoint holds)."""
+        text = "".join(json.dumps(r) + "\n" for r in self.records)
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+        tb_dir = self.tb.parent
+        if tb_dir.is_dir():  # events of other writers (older versions) would show twice
+            for p in tb_dir.iterdir():
+                if p.name != TB_FILE:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        events = tb_events(self.records, first=True)
+        atomic_write(self.tb, lambda tmp: Path(tmp).write_bytes(events))
+
+    def _append(self, path: Path, data: bytes) -> None:
+        try:
+            with open(path, "ab") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise write_error(path, e) from None
+
+    def add(self, record: dict) -> None:
+        """Enter a record. A partial epoch's record (a run stopped by max_steps) is replaced by the full record of
+        that epoch when it comes, as in a run that was never stopped."""
+        last = self.records[-1] if self.records else {}
+        if last.get("schedule") == "partial epoch" and last.get("epoch") == record.get("epoch"):
+            self.records[-1], self._pending = record, "rewrite"
+        else:
+            self.records.append(record)
+            self._pending = "append"
+
+    def write(self) -> None:
+        """Bring the files up to the records (after the checkpoint holding them is written)."""
+        if not self.enabled or self._pending is None:
             return
-        import os
-
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    self.tb.add_scalar(k.replace("_", "/", 1), v, step)
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        if self._pending == "rewrite":
+            self.rewrite()
+        else:
+            self._append(self.path, (json.dumps(self.records[-1]) + "\n").encode())
+            self._append(self.tb, tb_events(self.records[-1:], first=False))
+        self._pending = None
 
 
 def read(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS
     if not path.is_file():
         raise UserError(f"{run_dir}: no {METRICS} (not a verydeep run directory?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                raise UserError(f"{path}:{n}: not a JSON record") from None
+    return out
 
 
 def plot(run_dir: Path, out: Path | None = None) -> Path:
@@ -65,7 +127,11 @@ def plot(run_dir: Path, out: Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in read(run_dir) if r.get("kind") == "epoch"]
+    by_epoch: dict[int, dict] = {}
+    for r in read(run_dir):  # one point per epoch: the last record of it (a full epoch replaces a partial one)
+        if r.get("kind") == "epoch":
+            by_epoch[r["epoch"]] = r
+    records = [by_epoch[e] for e in sorted(by_epoch)]
     if not records:
         raise UserError(f"{run_dir}: no finished epoch to plot yet")
     ep = [r["epoch"] for r in records]
@@ -89,6 +155,6 @@ def plot(run_dir: Path, out: Path | None = None) -> Path:
     fig.suptitle(f"{Path(run_dir).name}")
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "curves.png"
-    fig.savefig(out, dpi=110)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return out

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError, ResourceError
+
 # A block is a list of (out_channels, kernel) conv layers followed by a 2x2 max-pool (Table 1).
 _3 = 3
 BLOCKS: dict[str, tuple] = {
@@ -41,13 +43,13 @@ class Preprocess:
 
     def __post_init__(self):
         if self.order not in ("RGB", "BGR"):
-            raise ValueError(f"preprocess order must be RGB or BGR, got {self.order!r}")
+            raise ConfigError(f"preprocess order must be RGB or BGR, got {self.order!r}")
         if len(self.mean) != len(self.std):
-            raise ValueError("preprocess mean and std must have the same length")
+            raise ConfigError("preprocess mean and std must have the same length")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != len(self.mean):
-            raise ValueError(f"preprocess expects (N, {len(self.mean)}, H, W), got {tuple(x.shape)}")
+            raise ConfigError(f"preprocess expects (N, {len(self.mean)}, H, W), got {tuple(x.shape)}")
         if self.order == "BGR":
             x = x.flip(1)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -86,16 +88,16 @@ class VGGConfig:
 
     def __post_init__(self):
         if self.config not in BLOCKS:
-            raise ValueError(f"unknown VGG configuration {self.config!r}; choose one of {sorted(BLOCKS)}")
+            raise ConfigError(f"unknown VGG configuration {self.config!r}; choose one of {sorted(BLOCKS)}")
         if self.crop_size < 32:
-            raise ValueError(f"crop_size must be at least 32 (five 2x2 pools), got {self.crop_size}")
+            raise ConfigError(f"crop_size must be at least 32 (five 2x2 pools), got {self.crop_size}")
         for name in ("num_classes", "fc_width", "in_channels"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.width <= 0:
-            raise ValueError(f"width multiplier must be positive, got {self.width}")
+            raise ConfigError(f"width multiplier must be positive, got {self.width}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def head_kernel(self) -> int:
@@ -112,7 +114,7 @@ class VGGConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**d)
 
 
@@ -150,7 +152,7 @@ def list_models() -> list[str]:
 def model_config(name: str, **options) -> VGGConfig:
     spec = _NAMES.get(name) or _NAMES.get(name.upper()) or _NAMES.get(name.lower())
     if spec is None:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return VGGConfig(config=spec.config, lrn=spec.lrn, batch_norm=spec.batch_norm, **options)
 
 
@@ -177,12 +179,16 @@ def _mix32(h: torch.Tensor) -> torch.Tensor:
 class KeyedDropout(nn.Dropout):
     """Dropout (p = 0.5 on fc6/fc7, section 2) whose mask for a sample is a hash of (salt, sample key, unit).
 
-    The trainer sets ``keys`` (the samples' dataset indices) and ``salt`` (seed, step, layer) before each forward, so a
+    The trainer sets the keys (the samples' dataset indices) and the salt (seed, step, layer) before each forward, so a
     sample's mask does not depend on which micro-batch or which process it lands in: accumulated micro-batches and
-    data-parallel ranks give exactly the single-process update (section 3.3). Without keys it is plain dropout."""
+    data-parallel ranks give exactly the single-process update (section 3.3). Without keys it is plain dropout.
+    Keys and salt are tensors, so a compiled graph takes them as inputs: no recompilation per step, and compiled runs
+    keep the masks of eager ones. They are plain attributes, not buffers: DDP would broadcast rank 0's keys."""
 
-    keys: torch.Tensor | None = None
-    salt: int = 0
+    def __init__(self, p: float = 0.5):
+        super().__init__(p)
+        self.keys: torch.Tensor | None = None
+        self.salt = torch.zeros((), dtype=torch.int64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or self.keys is None:
@@ -190,7 +196,7 @@ class KeyedDropout(nn.Dropout):
         if self.keys.numel() != x.shape[0]:
             raise ValueError(f"dropout keys for {self.keys.numel()} samples, batch has {x.shape[0]}")
         units = x[0].numel()
-        base = _mix32((self.keys.to(x.device, torch.int64) & _M32) ^ (self.salt & _M32))
+        base = _mix32((self.keys.to(x.device, torch.int64) & _M32) ^ (self.salt.to(x.device) & _M32))
         idx = torch.arange(units, device=x.device, dtype=torch.int64) * 0x9E3779B9
         u = _mix32((base[:, None] + idx[None, :]) & _M32).to(torch.float32) * (1.0 / 2**32)
         keep = (u >= self.p).view_as(x)
@@ -202,7 +208,10 @@ def set_dropout_keys(model: nn.Module, keys: torch.Tensor | None, seed: int = 0,
     layers = [m for m in model.modules() if isinstance(m, KeyedDropout)]
     for j, m in enumerate(layers):
         m.keys = keys
-        m.salt = int(_mix32(torch.tensor([(seed * 1_000_003 + step * 7919 + j) & _M32]))[0])
+        salt = int(_mix32(torch.tensor([(seed * 1_000_003 + step * 7919 + j) & _M32]))[0])
+        if keys is not None and m.salt.device != keys.device:
+            m.salt = m.salt.to(keys.device)
+        m.salt.fill_(salt)
 
 
 class VGG(nn.Module):
@@ -280,7 +289,7 @@ class VGG(nn.Module):
         f = self.features(x)
         k = self.config.head_kernel
         if f.shape[-2:] != (k, k):
-            raise ValueError(
+            raise ConfigError(
                 f"input {tuple(x.shape[-2:])} does not match the {self.config.crop_size}x{self.config.crop_size} crop "
                 f"this head is built for; use model.score_map(x) for dense evaluation of other sizes")
         return self.classifier(torch.flatten(f, 1))
@@ -304,10 +313,11 @@ class VGG(nn.Module):
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
         """The class score map (N, classes, h, w) of a whole image: fc6 as a kxk conv, fc7/fc8 as 1x1 convs."""
+        check_memory(self.config, x.shape, x.device, x.element_size())
         f = self.features(x)
         k = self.config.head_kernel
         if f.shape[-1] < k or f.shape[-2] < k:
-            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than the {self.config.crop_size} crop")
+            raise ConfigError(f"input {tuple(x.shape[-2:])} is smaller than the {self.config.crop_size} crop")
         for _, out in self._head(f, dense=True):
             pass
         return out
@@ -318,6 +328,8 @@ class VGG(nn.Module):
         wanted = [layers] if isinstance(layers, str) else list(layers)
         for n in wanted:
             self.layer(n)  # raises a clear KeyError for unknown names
+        if dense:
+            check_memory(self.config, x.shape, x.device, x.element_size())
         todo, out = set(wanted), {}
         y = x
         for name, module in zip(self.feature_names, self.features):
@@ -329,7 +341,7 @@ class VGG(nn.Module):
             if not todo:
                 return out
         if not dense and y.shape[-2:] != (self.config.head_kernel,) * 2:
-            raise ValueError(f"fc layers need a {self.config.crop_size} crop or dense=True; "
+            raise ConfigError(f"fc layers need a {self.config.crop_size} crop or dense=True; "
                              f"got input {tuple(x.shape[-2:])}")
         for name, y in self._head(y, dense):
             if name in todo:
@@ -352,7 +364,7 @@ def init_weights(model: nn.Module, scheme: str = "paper") -> None:
     """PAPER.md section 2: "paper" = N(0, 0.01) weights, zero biases (the random init of net A); "glorot" = Glorot &
     Bengio 2010 uniform (the post-submission note: works without pre-training); "kaiming" = He et al. 2015 normal."""
     if scheme not in INIT_SCHEMES:
-        raise ValueError(f"unknown init scheme {scheme!r}; choose one of {INIT_SCHEMES}")
+        raise ConfigError(f"unknown init scheme {scheme!r}; choose one of {INIT_SCHEMES}")
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if scheme == "paper":
@@ -383,11 +395,11 @@ def init_from(model: VGG, net_a: VGG, layers: Iterable[str] = INIT_FROM_LAYERS) 
         try:
             dst, src = model.layer(name), net_a.layer(name)
         except KeyError as e:
-            raise ValueError(f"init_from: {e.args[0]}") from None
+            raise ConfigError(f"init_from: {e.args[0]}") from None
         for p in ("weight", "bias"):
             a, b = getattr(src, p), getattr(dst, p)
             if a.shape != b.shape:
-                raise ValueError(f"init_from: {name}.{p}: source has {tuple(a.shape)}, "
+                raise ConfigError(f"init_from: {name}.{p}: source has {tuple(a.shape)}, "
                                  f"target expects {tuple(b.shape)}")
             b.copy_(a)
         copied.append(name)
@@ -462,6 +474,48 @@ def summary(cfg: VGGConfig, size: int | None = None) -> dict:
         "macs": sum(r.macs for r in rows),
         "receptive_field": convs[-1].receptive_field,
     }
+
+
+def activation_bytes(cfg: VGGConfig, n: int, height: int, width: int, itemsize: int = 4) -> int:
+    """Peak bytes of one layer's input and output together in an inference pass over n images of height x width
+    (the FC layers as convolutions): what a dense pass needs beyond the weights, known before it starts."""
+    h, w, c = height, width, cfg.in_channels
+    peak = 0
+    for block in BLOCKS[cfg.config]:
+        for co, _ in block:
+            co = cfg.channels(co)
+            peak = max(peak, (c + co) * h * w)
+            c = co
+        h, w = h // 2, w // 2
+    k = cfg.head_kernel
+    hh, ww = max(h - k + 1, 1), max(w - k + 1, 1)
+    peak = max(peak, c * h * w + cfg.fc_width * hh * ww, (cfg.fc_width + cfg.num_classes) * hh * ww)
+    return n * peak * itemsize
+
+
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes this process could still allocate on the device (MemAvailable on Linux), or None if unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(cfg: VGGConfig, shape: Sequence[int], device: torch.device | str = "cpu", itemsize: int = 4) -> None:
+    """Refuse, before allocating, a pass whose activations would not fit: one line naming the input size."""
+    n, _, h, w = shape
+    need = activation_bytes(cfg, n, h, w, itemsize)
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise ResourceError(f"a pass of {config_name(cfg)} over {n} image(s) of {h}x{w} needs about "
+                            f"{need / 2**30:.1f} GiB for its activations, {free / 2**30:.1f} GiB are free: use "
+                            f"smaller test scales or batches")
 
 
 def multiply_adds(cfg: VGGConfig, height: int, width: int | None = None) -> int:

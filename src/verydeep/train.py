@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -25,14 +24,14 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import config as config_mod
 from . import distributed
-from .data import CenterCropDataset, LoaderConfig, TrainLoader, eval_loader, open_source, split
+from .data import CenterCropDataset, LoaderConfig, SkipTracker, TrainLoader, eval_loader, open_source, split
 from .data import stats as colour
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .metrics import MetricsLog
 from .models import VGG, Preprocess, VGGConfig, init_from, set_dropout_keys, vgg
 from .schedule import PlateauSchedule
 from .transforms import TrainTransform, to_model_input
-from .utils import keep_freed_memory
+from .utils import fault, keep_freed_memory
 
 log = logging.getLogger("verydeep")
 STAGES = ("scratch", "s384", "jitter")
@@ -88,30 +87,62 @@ class TrainConfig:
     checkpoint_steps: int = 0          # also every N steps (0: off)
     keep_last: int = 2
     progress: bool = True
+    dist_timeout: float = 600.0        # seconds a collective (torchrun) may wait for the other processes
 
     def __post_init__(self):
+        from .distributed import DEVICE
+        from .models import INIT_SCHEMES, model_config
+
         if not self.data:
-            raise ValueError("data is required (a dataset folder, shard folder or fashion-mnist)")
+            raise ConfigError("data is required (a dataset folder, shard folder or fashion-mnist)")
         if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.init not in INIT_SCHEMES:
+            raise ConfigError(f"init must be one of {INIT_SCHEMES}, got {self.init!r}")
+        model_config(self.model)  # an unknown name is an error naming the known ones
         if self.init_from and self.finetune_from:
-            raise ValueError("init_from and finetune_from exclude each other")
+            raise ConfigError("init_from and finetune_from exclude each other")
         if self.stage != "scratch" and not self.finetune_from:
-            raise ValueError(f"stage {self.stage} fine-tunes a trained net: give finetune_from")
-        for name in ("batch_size", "max_epochs", "patience", "crop"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
-        if self.workers < 0:
-            raise ValueError("workers must be >= 0")
-        if self.micro_batch is not None and (self.micro_batch < 1 or self.batch_size % self.micro_batch):
-            raise ValueError(f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size}")
+            raise ConfigError(f"stage {self.stage} fine-tunes a trained net: give finetune_from")
+        if not DEVICE.match(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        checks = [("batch_size", self.batch_size >= 1, "at least 1"), ("max_epochs", self.max_epochs >= 1, "at least 1"),
+                  ("patience", self.patience >= 1, "at least 1"), ("crop", self.crop >= 32, "at least 32"),
+                  ("max_decays", self.max_decays >= 0, "at least 0"), ("workers", self.workers >= 0, "at least 0"),
+                  ("keep_last", self.keep_last >= 1, "at least 1 (the newest checkpoint is always kept)"),
+                  ("checkpoint_minutes", self.checkpoint_minutes >= 0, "at least 0"),
+                  ("checkpoint_steps", self.checkpoint_steps >= 0, "at least 0 (0: off)"),
+                  ("max_steps", self.max_steps is None or self.max_steps >= 1, "at least 1 (omit it for no limit)"),
+                  ("threads", self.threads is None or self.threads >= 1, "at least 1"),
+                  ("eval_batch", self.eval_batch is None or self.eval_batch >= 1, "at least 1"),
+                  ("micro_batch", self.micro_batch is None or self.micro_batch >= 1, "at least 1"),
+                  ("seed", 0 <= self.seed < 2**63, "a non-negative integer"),
+                  ("val_fraction", 0 < self.val_fraction < 1, "between 0 and 1"),
+                  ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                  ("weight_decay", self.weight_decay >= 0, "at least 0"),
+                  ("lr", self.lr is None or self.lr > 0, "positive"),
+                  ("width", self.width > 0, "positive"), ("fc_width", self.fc_width >= 1, "at least 1"),
+                  ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+                  ("max_skip_fraction", 0 <= self.max_skip_fraction <= 1, "in [0, 1]"),
+                  ("stats_images", self.stats_images >= 1, "at least 1"),
+                  ("dist_timeout", self.dist_timeout > 0, "positive"),
+                  ("scale_min", self.scale_min is None or self.scale_min >= self.crop, f"at least the crop"),
+                  ("scale_max", self.scale_max is None or self.scale_min is None or self.scale_max >= self.scale_min,
+                   "at least scale_min")]
+        for name, ok, what in checks:
+            if not ok:
+                raise ConfigError(f"{name} must be {what}, got {getattr(self, name)!r}")
+        if self.micro_batch is not None and self.batch_size % self.micro_batch:
+            raise ConfigError(f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size}")
 
 
 # Not part of a run's identity: may change when a run is resumed.
 OPERATIONAL = {"resume", "force", "workers", "progress", "checkpoint_minutes", "checkpoint_steps", "keep_last",
-               "threads", "max_epochs", "max_steps", "device", "eval_batch"}
+               "threads", "max_epochs", "max_steps", "device", "eval_batch", "dist_timeout"}
+# Compared resolved: 'runs/x' and '/home/me/runs/x' are the same run.
+PATH_FIELDS = ("data", "val", "run_dir", "init_from", "finetune_from")
 
 
 def stage_presets(stage: str, crop: int, finetune: bool) -> dict:
@@ -122,14 +153,24 @@ def stage_presets(stage: str, crop: int, finetune: bool) -> dict:
 
 
 def make_config(overrides: dict | None = None, file: str | None = None) -> TrainConfig:
-    """Defaults < stage presets < config file < command line; every value type-checked."""
-    overrides = dict(overrides or {})
-    first = config_mod.build(TrainConfig, overrides, file)
-    presets = stage_presets(first.stage, first.crop, bool(first.finetune_from))
-    cfg = config_mod.build(TrainConfig, overrides, file, presets)
-    if cfg.scale_max < cfg.scale_min:
-        raise UserError(f"scale_max {cfg.scale_max} < scale_min {cfg.scale_min}")
-    return cfg
+    """Defaults < stage presets < the stored run (when resuming) < config file < command line; every value
+    type-checked. Resuming continues the run with its own settings: only what is given again may differ."""
+    overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items() if v is not None}
+    given = {**(config_mod.read_file(file) if file else {}), **overrides}
+    stored: dict = {}
+    if config_mod.coerce(TrainConfig, "resume", given.get("resume", False)):
+        run_dir = Path(str(given.get("run_dir", TrainConfig.run_dir)))
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        stored = {k: v for k, v in (ckpt.stored_config(run_dir) or {}).items() if k in fields and k not in OPERATIONAL}
+
+    def pick(key, default):
+        return config_mod.coerce(TrainConfig, key, given.get(key, stored.get(key, default)))
+
+    stage = pick("stage", "scratch")
+    if stage not in STAGES:
+        raise UserError(f"stage must be one of {STAGES}, got {stage!r}")
+    presets = {**stage_presets(stage, pick("crop", 224), bool(pick("finetune_from", None))), **stored}
+    return config_mod.build(TrainConfig, overrides, file, presets)
 
 
 class Diverged(UserError):
@@ -176,14 +217,19 @@ class Trainer:
         resume = cfg.resume or distributed.restarted()
         identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL}
         if d.main:
-            ckpt.claim_run_dir(self.run_dir, identity, resume, cfg.force)
+            ckpt.claim_run_dir(self.run_dir, identity, resume, cfg.force and not distributed.restarted(),
+                               PATH_FIELDS, may_change=("lr",))
+            ckpt.write_config(self.run_dir, identity)
         distributed.barrier(d)
         state = None
         if resume:
-            latest = ckpt.latest(self.run_dir)
-            state = ckpt.load(latest) if latest else None
-            if state is None and d.main:
-                log.warning("%s: no checkpoint yet; starting from the beginning", self.run_dir)
+            found = ckpt.load_latest(self.run_dir)
+            state = found[1] if found else None
+            if d.main:
+                if found is None:
+                    log.warning("%s: no checkpoint yet; starting from the beginning", self.run_dir)
+                for what in ckpt.repair(self.run_dir, state or {}):
+                    log.warning("%s: repaired after an interrupted run: %s", self.run_dir, what)
 
         # ---- data
         train_src = open_source(cfg.data, split="train")
@@ -219,6 +265,7 @@ class Trainer:
         self.val_q = (cfg.scale_min + cfg.scale_max) // 2  # Table 3's rule: Q = S, or 0.5 (Smin + Smax)
         self.val_loader = eval_loader(CenterCropDataset(val_src, self.val_q, cfg.crop),
                                       cfg.eval_batch or self.micro, cfg.workers, d.rank, d.world)
+        self.val_skips = SkipTracker(cfg.max_skip_fraction)
         self.n_train, self.n_val = len(train_src), len(val_src)
 
         # ---- model
@@ -233,7 +280,8 @@ class Trainer:
                 log.info("initialised %s from %s: %s", cfg.model, cfg.init_from, ", ".join(copied))
         if state is None and cfg.finetune_from:
             src = load_net(cfg.finetune_from, cfg.model)
-            if src.config != model.config:
+            arch = lambda c: {k: v for k, v in c.to_dict().items() if k != "dropout"}  # noqa: E731
+            if arch(src.config) != arch(model.config):
                 raise UserError(f"{cfg.finetune_from}: holds {src.config}, this run builds {model.config}")
             model.load_state_dict(src.state_dict())
         self.raw = model.to(d.device)
@@ -243,19 +291,19 @@ class Trainer:
         if d.active:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.raw, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-        if cfg.compile:
+        if cfg.compile:  # dropout stays keyed: its keys and salt are graph inputs (models.KeyedDropout)
             self.model = torch.compile(self.model)
-        self.keyed_dropout = not cfg.compile  # compiled graphs use plain dropout (keys would force recompiles)
         self.opt = torch.optim.SGD(self.raw.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, **optimizer_kwargs(d.device))
         self.schedule = PlateauSchedule(cfg.lr, cfg.patience, 0.1, cfg.max_decays)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.partial = [0.0, 0.0, 0.0]  # loss sum, correct, count of the epoch in progress
-        self.history: list[dict] = []
-        self.best_acc = float("-inf")
+        self.records: list[dict] = []   # every metrics record (metrics.jsonl and TensorBoard are views of it)
+        self.best_acc, self.best_step = float("-inf"), None
+        self.lr_overrides: list[dict] = []
         if state is not None:
             self._restore(state)
-        self.metrics = MetricsLog(self.run_dir, enabled=d.main)
+        self.metrics = MetricsLog(self.run_dir, self.records, enabled=d.main)
         self.last_ckpt_time = time.monotonic()
         self.last_ckpt_path: Path | None = ckpt.latest(self.run_dir) if resume else None
 
@@ -269,7 +317,7 @@ class Trainer:
             st = colour.compute(source, self.cfg.stats_images, seed=self.cfg.seed, progress=self.cfg.progress)
             try:
                 colour.save(st, path)
-            except OSError:  # read-only data: keep them with the run
+            except (OSError, UserError):  # read-only data: keep them with the run
                 colour.save(st, fallback)
         distributed.barrier(self.d)  # every rank, always: the others wait for rank 0's file
         return colour.load(path) or colour.load(fallback)
@@ -278,20 +326,36 @@ class Trainer:
         return {"model": self.raw.state_dict(), "optimizer": self.opt.state_dict(),
                 "schedule": self.schedule.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "global_step": self.global_step, "partial": list(self.partial), "rng": ckpt.rng_state(),
-                "config": dataclasses.asdict(self.cfg), "history": self.history, "best_acc": self.best_acc,
+                "config": dataclasses.asdict(self.cfg), "records": list(self.records), "best_acc": self.best_acc,
+                "best_step": self.best_step, "lr_overrides": list(self.lr_overrides),
                 "model_config": self.raw.config.to_dict(), "preprocess": self.raw.input_convention.to_dict(),
-                "class_names": self.classes, "colour_stats": self.stats.to_dict()}
+                "class_names": self.classes, "colour_stats": self.stats.to_dict(),
+                "train_scale": [self.cfg.scale_min, self.cfg.scale_max]}
 
     def _restore(self, s: dict) -> None:
-        self.raw.load_state_dict(s["model"])
-        self.opt.load_state_dict(s["optimizer"])
+        try:
+            self.raw.load_state_dict(s["model"])
+            self.opt.load_state_dict(s["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"{self.run_dir}: its checkpoint does not fit this run ({str(e).splitlines()[0][:160]})")
         self.schedule.load_state_dict(s["schedule"])
         self.epoch, self.step_in_epoch, self.global_step = s["epoch"], s["step_in_epoch"], s["global_step"]
-        self.partial, self.history, self.best_acc = list(s["partial"]), list(s["history"]), s["best_acc"]
+        self.partial, self.records, self.best_acc = list(s["partial"]), list(s["records"]), s["best_acc"]
+        self.best_step, self.lr_overrides = s["best_step"], list(s.get("lr_overrides", []))
         ckpt.set_rng_state(s["rng"])
+        was = (s.get("config") or {}).get("lr")
+        if was is not None and self.cfg.lr != was:  # an explicit, recorded override (e.g. after a divergence)
+            self.lr_overrides.append({"global_step": self.global_step, "lr": self.cfg.lr, "was": self.schedule.lr})
+            self.schedule.lr = self.cfg.lr
+            if self.d.main:
+                log.warning("learning rate set to %g from global step %d (it was %g); recorded in the checkpoint",
+                            self.cfg.lr, self.global_step, self.lr_overrides[-1]["was"])
         if self.d.main:
             log.warning("resumed %s at epoch %d, step %d of %d (global step %d)", self.run_dir, self.epoch + 1,
                         self.step_in_epoch, self.steps_per_epoch, self.global_step)
+
+    def _fault(self, point: str) -> None:
+        fault(point, self.global_step, self.d.rank, distributed.restarted())
 
     def save(self, best: bool = False) -> None:
         if self.d.main:
@@ -299,17 +363,11 @@ class Trainer:
             if bad is not None:  # never replace a good checkpoint with a broken one
                 where = f"; the last good checkpoint is {self.last_ckpt_path}" if self.last_ckpt_path else ""
                 raise Diverged(f"training diverged: {bad} holds NaN or infinite values at global step "
-                               f"{self.global_step}{where}; resume with a lower --lr")
-            self.last_ckpt_path = ckpt.save(self.state(), self.run_dir, self.cfg.keep_last, best)
+                               f"{self.global_step}{where}; resume with a lower learning rate (--resume --lr X)")
+            self.last_ckpt_path = ckpt.save(self.state(), self.run_dir, self.cfg.keep_last, best, self._fault)
         self.last_ckpt_time = time.monotonic()
 
     # ------------------------------------------------------------------------------------------ loops
-    def _fault_injection(self) -> None:
-        """VERYDEEP_FAULT_STEP=N kills this worker at global step N on its first life (tests of torchrun restarts)."""
-        at = os.environ.get("VERYDEEP_FAULT_STEP")
-        if at and int(at) == self.global_step and not distributed.restarted():
-            os.kill(os.getpid(), signal.SIGKILL)
-
     def train_epoch(self, epoch: int) -> dict:
         cfg, d = self.cfg, self.d
         self.model.train()
@@ -342,33 +400,34 @@ class Trainer:
                     if cfg.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     y = b.labels.to(d.device, non_blocking=True)
-                    if self.keyed_dropout:
-                        set_dropout_keys(self.raw, b.indices.to(d.device), cfg.seed, self.global_step)
+                    set_dropout_keys(self.raw, b.indices.to(d.device), cfg.seed, self.global_step)
                     with _autocast(cfg, d.device):
                         logits = self.model(x)
                     loss = F.cross_entropy(logits.float(), y, reduction="sum")
                     (loss * scale).backward()
                 loss_sum += loss.detach()
                 correct += int((logits.argmax(1) == y).sum())
-            loss_value = float(loss_sum)
+            n_local = sum(len(b.labels) for b in micro)
+            # Sums over every process, each step: a checkpoint (written by rank 0) then holds the whole run's
+            # partial epoch, and a NaN anywhere stops every rank at the same step.
+            loss_value, correct, n_step = distributed.all_reduce_sum([float(loss_sum), correct, n_local], d)
             if not math.isfinite(loss_value):
                 where = f" the last good checkpoint is {self.last_ckpt_path};" if self.last_ckpt_path else ""
                 raise Diverged(f"training diverged: loss is {loss_value} at epoch {epoch + 1}, step "
                                f"{self.step_in_epoch + 1} (global step {self.global_step + 1});{where} "
-                               f"resume with a lower --lr")
+                               f"resume with a lower learning rate (--resume --lr X)")
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
-            n_local = sum(len(b.labels) for b in micro)
-            self.partial = [self.partial[0] + loss_value, self.partial[1] + correct, self.partial[2] + n_local]
+            self.partial = [self.partial[0] + loss_value, self.partial[1] + correct, self.partial[2] + n_step]
             self.step_in_epoch += 1
             self.global_step += 1
-            imgs += n_local * d.world
+            imgs += n_step
             bar.update(self.world_batch)
             if d.main and cfg.progress:
                 bar.set_postfix(loss=f"{self.partial[0] / max(self.partial[2], 1):.3f}",
                                 err=f"{1 - self.partial[1] / max(self.partial[2], 1):.3f}",
                                 lr=f"{self.opt.param_groups[0]['lr']:.1e}", refresh=False)
-            self._fault_injection()
+            self._fault("step")
             due_time = time.monotonic() - self.last_ckpt_time > cfg.checkpoint_minutes * 60
             due_steps = cfg.checkpoint_steps and self.global_step % cfg.checkpoint_steps == 0
             if (due_time or due_steps) and self.step_in_epoch < self.steps_per_epoch:
@@ -377,17 +436,21 @@ class Trainer:
                 break
         bar.close()
         elapsed = time.perf_counter() - t0
-        loss_sum, correct, count = distributed.all_reduce_sum(self.partial, d)
+        loss_sum, correct, count = self.partial
+        skipped = distributed.all_reduce_sum([self.loader.skips.skipped], d)[0]
         return {"train_loss": loss_sum / max(count, 1), "train_top1_err": 1 - correct / max(count, 1),
-                "images_per_s": imgs / max(elapsed, 1e-9), "train_seconds": elapsed,
-                "skipped": self.loader.skips.skipped}
+                "images_per_s": imgs / max(elapsed, 1e-9), "train_seconds": elapsed, "skipped": int(skipped)}
 
     @torch.inference_mode()
     def validate(self) -> dict:
+        """Centre-crop error at Q (Table 3's rule) over the validation set; unusable images are skipped, logged
+        once, counted like training skips and bound by the same limit."""
         self.model.eval()
         loss, top1, top5, n = 0.0, 0, 0, 0
         preprocess = self.raw.preprocess
+        self.val_skips.reset()
         for b in self.val_loader:
+            self.val_skips.update(b)
             if not len(b.labels):
                 continue
             x = to_model_input(b.images.to(self.d.device), None, preprocess)
@@ -402,10 +465,16 @@ class Trainer:
             top1 += int((top[:, 0] == y).sum())
             top5 += int((top == y[:, None]).any(1).sum())
             n += len(y)
-        loss, top1, top5, n = distributed.all_reduce_sum([loss, top1, top5, n], self.d)
+        loss, top1, top5, n, skipped = distributed.all_reduce_sum(
+            [loss, top1, top5, n, self.val_skips.skipped], self.d)
         self.model.train()
-        return {"val_loss": loss / max(n, 1), "val_top1_err": 1 - top1 / max(n, 1),
-                "val_top5_err": 1 - top5 / max(n, 1), "val_images": int(n)}
+        if n == 0 or skipped > self.cfg.max_skip_fraction * (n + skipped):
+            reasons = ", ".join(f"{c} {r}" for r, c in self.val_skips.reasons.most_common()) or "see the log"
+            raise UserError(f"validation: {int(skipped)} of {int(n + skipped)} images unusable ({reasons}), more "
+                            f"than the {self.cfg.max_skip_fraction:.2%} limit (--max-skip-fraction); fix the "
+                            f"validation data")
+        return {"val_loss": loss / n, "val_top1_err": 1 - top1 / n, "val_top5_err": 1 - top5 / n,
+                "val_images": int(n), "val_skipped": int(skipped)}
 
     def run(self) -> dict:
         cfg, d = self.cfg, self.d
@@ -415,7 +484,7 @@ class Trainer:
                         cfg.model, self.n_train, len(self.classes), self.n_val, self.val_q, cfg.scale_min,
                         cfg.scale_max, cfg.crop, cfg.batch_size, d.world, self.accum, self.micro,
                         self.steps_per_epoch, d.device)
-        result = self.history[-1] if self.history else {}
+        result = self.records[-1] if self.records else {}
         while self.epoch < cfg.max_epochs and not self.schedule.stopped:
             for g in self.opt.param_groups:
                 g["lr"] = self.schedule.lr
@@ -426,24 +495,27 @@ class Trainer:
             # A partial epoch is reported, but does not drive the schedule (the paper's schedule is per epoch).
             action = "partial epoch" if partial else self.schedule.step(1 - val["val_top1_err"])
             best = 1 - val["val_top1_err"] > self.best_acc
-            self.best_acc = max(self.best_acc, 1 - val["val_top1_err"])
+            if best:
+                self.best_acc, self.best_step = 1 - val["val_top1_err"], self.global_step
             result = {"kind": "epoch", "epoch": self.epoch + 1, "global_step": self.global_step, "lr": lr, **train,
-                      **val, "schedule": action}
+                      **val, "schedule": action, "time": time.time()}
+            # The record enters the checkpoint first: metrics.jsonl and TensorBoard follow from it (checkpoint.py).
+            self.metrics.add(result)
             if not partial:
-                self.history.append(result)
                 self.epoch, self.step_in_epoch, self.partial = self.epoch + 1, 0, [0.0, 0.0, 0.0]
             self.save(best=best)
             if d.main:
-                self.metrics.write(result, self.global_step)
+                self.metrics.write()
+                skipped = "".join(f"  [{k} {w} skipped]" for k, w in ((train["skipped"], "train"),
+                                                                        (val["val_skipped"], "val")) if k)
                 print(f"epoch {result['epoch']:>3}/{cfg.max_epochs}  lr {lr:.1e}  train loss {train['train_loss']:.4f}"
                       f"  top-1 err {100 * train['train_top1_err']:5.2f}%  |  val top-1 err "
                       f"{100 * val['val_top1_err']:5.2f}%  top-5 err {100 * val['val_top5_err']:5.2f}%  |  "
-                      f"{train['images_per_s']:.0f} img/s  {train['train_seconds']:.0f} s  {action}"
-                      + (f"  [{train['skipped']} skipped]" if train["skipped"] else ""), flush=True)
+                      f"{train['images_per_s']:.0f} img/s  {train['train_seconds']:.0f} s  {action}{skipped}",
+                      flush=True)
             if cfg.max_steps and self.global_step >= cfg.max_steps:
                 break
         if d.main:
-            self.metrics.close()
             self._export()
         return result
 
@@ -461,9 +533,17 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> dict:
-    d = distributed.setup(cfg.device)
+    d = distributed.setup(cfg.device, cfg.dist_timeout)
     try:
-        return Trainer(cfg, d).run()
+        result = Trainer(cfg, d).run()
+        # Every rank ends together: a rank tearing down its process group while rank 0 still exports made gloo
+        # abort at exit ("terminate called without an active exception", 5 runs in 30 without this barrier).
+        distributed.barrier(d)
+        return result
+    except (RuntimeError, ValueError) as e:
+        if d.active and distributed.is_comm_error(e):
+            raise UserError(distributed.failure_message(e, cfg.dist_timeout, "training")) from None
+        raise
     finally:
         distributed.cleanup(d)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +22,21 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 try:  # optional accelerator; Pillow is the reference and the fallback
     import simplejpeg
 except ImportError:  # pragma: no cover
     simplejpeg = None
 
-# Pillow's own default guard (~89 M pixels); larger images are skipped as decompression bombs.
+# Pillow's own default guard (~89 M pixels); larger images are skipped as decompression bombs, and no whole-image
+# view (dense evaluation, multi-crop, features, localisation) is rescaled to more.
 MAX_PIXELS = 89_478_485
+# Whole-image views of longer images are refused: their work grows with the length (a 400000x1 PNG of 1 KB would be
+# a 102400000x256 image at Q = 256). Crops (training, validation) cut only their own box and have no such limit.
+MAX_ASPECT = 16.0
+# No image file is read past this (a 89 M-pixel PNG compresses to far less; an endless file is not an image).
+MAX_FILE_BYTES = 1 << 30
 _FILTER = Image.BICUBIC
 
 
@@ -114,10 +121,16 @@ def as_rgb(image: bytes | Image.Image, min_side: int | None = None) -> Image.Ima
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """A file's bytes, with unreadable files as BadImage (so one bad file never stops a run)."""
+    """A file's bytes, with unreadable files as BadImage (so one bad file never stops a run). Only regular files:
+    opening a FIFO or a device named like an image would block, or never end."""
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadImage("not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise BadImage("file too large", f"{st.st_size:,} bytes")
         with open(path, "rb") as f:
-            return f.read()
+            return f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise BadImage("missing file") from None
     except PermissionError:
@@ -147,16 +160,30 @@ def scaled_size(w: int, h: int, smallest_side: int) -> tuple[int, int]:
     return max(smallest_side, round(w * smallest_side / h)), smallest_side
 
 
+def check_whole_image(w: int, h: int, smallest_side: int) -> tuple[int, int]:
+    """The size of the whole image rescaled to smallest side S or Q, or BadImage when that view would be
+    unreasonable (longer than MAX_ASPECT:1, or more than MAX_PIXELS), checked before anything is allocated."""
+    big_w, big_h = scaled_size(w, h, smallest_side)
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise BadImage("extreme aspect ratio", f"{w}x{h} would be {big_w}x{big_h} at smallest side "
+                                               f"{smallest_side}; whole-image views allow at most {MAX_ASPECT:g}:1")
+    if big_w * big_h > MAX_PIXELS:
+        raise BadImage("too large after rescaling", f"{w}x{h} would be {big_w}x{big_h} at smallest side "
+                                                    f"{smallest_side}, over {MAX_PIXELS:,} pixels")
+    return big_w, big_h
+
+
 def rescale(img: Image.Image, smallest_side: int) -> Image.Image:
-    """Isotropic rescale so that the smallest side equals S or Q; small images are upscaled."""
-    size = scaled_size(*img.size, smallest_side)
+    """Isotropic rescale so that the smallest side equals S or Q; small images are upscaled. Extreme shapes are
+    refused before resizing (check_whole_image)."""
+    size = check_whole_image(*img.size, smallest_side)
     return img if size == img.size else img.resize(size, _FILTER, reducing_gap=3.0)
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     if w < size or h < size:
-        raise ValueError(f"image {w}x{h} is smaller than the {size} crop")
+        raise ConfigError(f"image {w}x{h} is smaller than the {size} crop")
     left, top = (w - size) // 2, (h - size) // 2
     return img.crop((left, top, left + size, top + size))
 
@@ -187,7 +214,7 @@ class TrainTransform:
 
     def __post_init__(self):
         if not self.crop <= self.scale_min <= self.scale_max:
-            raise ValueError(f"need crop <= Smin <= Smax, got crop {self.crop}, S in [{self.scale_min}, "
+            raise ConfigError(f"need crop <= Smin <= Smax, got crop {self.crop}, S in [{self.scale_min}, "
                              f"{self.scale_max}] (the paper requires S >= 224 for 224 crops)")
 
     def sample_scale(self, rng: np.random.Generator) -> int:
@@ -217,13 +244,25 @@ def crop_position(w: int, h: int, crop: int, rng: np.random.Generator) -> tuple[
     return int(rng.integers(0, w - crop + 1)), int(rng.integers(0, h - crop + 1))
 
 
-def random_crop_resized(img: Image.Image, s: int, crop: int, rng: np.random.Generator) -> Image.Image:
-    """A random CxC crop of the image rescaled to smallest side S, resizing only the crop's source box."""
+def crop_resized(img: Image.Image, s: int, crop: int, x: int, y: int) -> Image.Image:
+    """The CxC crop at (x, y) of the image rescaled to smallest side S, resizing only the crop's source box (the
+    work is the crop's, whatever the image's size or shape)."""
     w, h = img.size
     big_w, big_h = scaled_size(w, h, s)
-    x, y = crop_position(big_w, big_h, crop, rng)
     sx, sy = w / big_w, h / big_h
     return img.resize((crop, crop), _FILTER, box=(x * sx, y * sy, (x + crop) * sx, (y + crop) * sy))
+
+
+def random_crop_resized(img: Image.Image, s: int, crop: int, rng: np.random.Generator) -> Image.Image:
+    """A random CxC crop of the image rescaled to smallest side S."""
+    x, y = crop_position(*scaled_size(*img.size, s), crop, rng)
+    return crop_resized(img, s, crop, x, y)
+
+
+def center_crop_resized(img: Image.Image, q: int, crop: int) -> Image.Image:
+    """The central CxC crop of the image rescaled to smallest side Q (the validation view, section 3)."""
+    big_w, big_h = scaled_size(*img.size, q)
+    return crop_resized(img, q, crop, (big_w - crop) // 2, (big_h - crop) // 2)
 
 
 def to_model_input(images: torch.Tensor, shifts: torch.Tensor | None, preprocess) -> torch.Tensor:
@@ -245,7 +284,7 @@ def dense_views(img: Image.Image, q: int, flip: bool = True) -> list[Image.Image
 def grid_positions(w: int, h: int, crop: int, n: int = 5) -> list[tuple[int, int]]:
     """Top-left corners of an n x n regular grid of CxC crops spanning a WxH image (corners included)."""
     if w < crop or h < crop:
-        raise ValueError(f"image {w}x{h} is smaller than the {crop} crop")
+        raise ConfigError(f"image {w}x{h} is smaller than the {crop} crop")
     xs = np.linspace(0, w - crop, n).round().astype(int)
     ys = np.linspace(0, h - crop, n).round().astype(int)
     return [(int(x), int(y)) for y in ys for x in xs]

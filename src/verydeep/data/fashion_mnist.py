@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import os
 import urllib.request
 from functools import lru_cache
@@ -53,7 +54,7 @@ def parse_idx(data: bytes, name: str = "<idx>") -> np.ndarray:
     if not 1 <= ndim <= 4 or len(data) < 4 + 4 * ndim:
         raise UserError(f"{name}: malformed IDX header")
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    n = int(np.prod(dims))
+    n = math.prod(dims)  # Python integers: no overflow
     if len(data) != 4 + 4 * ndim + n:
         raise UserError(f"{name}: IDX header says {dims} ({n} bytes) but the file holds {len(data) - 4 - 4 * ndim}")
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)

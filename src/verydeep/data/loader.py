@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..errors import UserError
-from ..transforms import TrainTransform, as_rgb, center_crop, rescale, to_uint8
+from ..transforms import TrainTransform, as_rgb, center_crop_resized, to_uint8
+from ..utils import die_with_parent
 from .shards import TarShards
 from .sources import Source
 
@@ -120,6 +121,7 @@ def collate(items: list) -> Batch:
 
 
 def _worker_init(worker_id: int) -> None:
+    die_with_parent()  # an orphaned worker would hold the dead parent's sockets (utils.die_with_parent)
     torch.set_num_threads(1)  # workers decode; the main process owns the cores for compute
     info = get_worker_info()
     np.random.seed((info.seed if info else worker_id) % 2**32)
@@ -198,7 +200,8 @@ class TrainLoader:
 
 
 class CenterCropDataset(Dataset):
-    """Validation views: the image rescaled to Q, its central CxC crop (uint8, label, index) or a Skip."""
+    """Validation views: the central CxC crop of the image rescaled to Q (uint8, label, index) or a Skip. Only the
+    crop's source box is resized: the work is the crop's whatever the image's shape."""
 
     def __init__(self, source: Source, q: int, crop: int):
         self.source, self.q, self.crop = source, q, crop
@@ -210,7 +213,7 @@ class CenterCropDataset(Dataset):
         try:
             sample = self.source.read(i)
             img = as_rgb(sample.image, self.q)
-            return to_uint8(center_crop(rescale(img, self.q), self.crop)), sample.label, np.zeros(3, np.float32), i
+            return to_uint8(center_crop_resized(img, self.q, self.crop)), sample.label, np.zeros(3, np.float32), i
         except Exception as e:
             return Skip(self.source.path(i), getattr(e, "reason", type(e).__name__), str(e)[:200])
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import UserError
-from ..transforms import BadImage
+from ..transforms import MAX_FILE_BYTES, BadImage
 from ..utils import atomic_write
 from .sources import Sample, Source
 
@@ -123,7 +123,13 @@ class TarShards(Source):
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{index_path}: malformed shard index ({e})") from None
         off = self.root / OFFSETS
-        self.offsets = np.load(off) if off.is_file() else None
+        try:  # memory-mapped: a header declaring more rows than the file holds is an error, not an allocation
+            self.offsets = np.load(off, mmap_mode="r", allow_pickle=False) if off.is_file() else None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{off}: malformed offsets ({str(e).splitlines()[0][:120]})") from None
+        if self.offsets is not None and (self.offsets.ndim != 2 or self.offsets.shape[1] != 6
+                                         or len(self.offsets) != sum(self.counts)):
+            raise UserError(f"{off}: offsets of shape {self.offsets.shape} do not match {sum(self.counts)} samples")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     def __len__(self) -> int:
@@ -145,6 +151,9 @@ class TarShards(Source):
         if self.offsets is None:
             raise UserError(f"{self.root}: random access needs {OFFSETS}")
         shard, img_off, img_size, json_off, json_size, label = (int(v) for v in self.offsets[i])
+        if not 0 <= shard < len(self.shards) or min(img_off, img_size, json_off, json_size) < 0 or \
+                img_size > MAX_FILE_BYTES or json_size > MAX_FILE_BYTES:
+            raise BadImage("malformed shard index", f"entry {i}")
         try:
             with open(self.root / self.shards[shard], "rb") as f:
                 f.seek(img_off)
@@ -171,7 +180,8 @@ class TarShards(Source):
                             n += 1
                             members = {}
                         members["key"] = key
-                        members[ext] = tar.extractfile(m).read() if m.isfile() else b""
+                        big = m.isfile() and m.size > MAX_FILE_BYTES  # an image is never this long
+                        members[ext] = tar.extractfile(m).read() if m.isfile() and not big else b""
                     if members:
                         yield n, self._group(members)
             except (tarfile.TarError, OSError) as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from ..transforms import read_bytes
 
 log = logging.getLogger("verydeep.data")
 
+MAX_ANNOTATION_BYTES = 16 << 20
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
@@ -67,6 +69,8 @@ def parse_voc(path: str | os.PathLike, class_to_idx: dict[str, int] | None = Non
     """PASCAL VOC / ILSVRC XML: (boxes (K, 4) as xmin, ymin, xmax, ymax in pixels, labels (K,), (width, height)).
     VOC's 1-based pixel coordinates are kept as written; names that are not classes get label -1."""
     try:
+        if os.path.getsize(path) > MAX_ANNOTATION_BYTES:
+            raise ValueError(f"{path}: annotation of {os.path.getsize(path):,} bytes; VOC files are a few KB")
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as e:
         raise ValueError(f"{path}: unreadable annotation ({e})") from None
@@ -79,7 +83,7 @@ def parse_voc(path: str | os.PathLike, class_to_idx: dict[str, int] | None = Non
             coords = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
         except (TypeError, ValueError):
             raise ValueError(f"{path}: box with missing or non-numeric coordinates") from None
-        if coords[2] < coords[0] or coords[3] < coords[1]:
+        if not all(np.isfinite(coords)) or coords[2] < coords[0] or coords[3] < coords[1]:
             raise ValueError(f"{path}: box with xmax < xmin or ymax < ymin: {coords}")
         boxes.append(coords)
         name = (obj.findtext("name") or "").strip()
@@ -134,7 +138,10 @@ class ImageFolder(_FileSource):
     def __init__(self, root: str | os.PathLike, boxes_dir: str | os.PathLike | None = None,
                  classes: list[str] | None = None):
         root = _check_dir(Path(root), "dataset folder")
-        found = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+        try:
+            found = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+        except OSError as e:
+            raise UserError(f"{root}: cannot list the dataset folder ({e.strerror})") from None
         if not found:
             raise UserError(f"{root}: no class folders (expected {root}/<class>/<image>)")
         classes = list(classes) if classes is not None else found
@@ -145,17 +152,38 @@ class ImageFolder(_FileSource):
         for label, name in enumerate(classes):
             d = root / name
             files = sorted(f for f in _walk(d) if _is_image(f)) if d.is_dir() else []
-            if not files:
+            if not files and d.is_dir():
                 log.warning("%s: empty class folder (class %d kept, with no images)", d, label)
             items += [(str(Path(name) / f), label) for f in files]
         super().__init__(root, items, classes, Path(boxes_dir) if boxes_dir else None)
 
 
 def _walk(d: Path) -> list[str]:
-    out = []
-    for dirpath, _, files in os.walk(d, followlinks=True):
+    """Regular files under d, relative to it, following symbolic links once: a link back to a folder already
+    walked (a loop) is reported and not entered, and FIFOs, sockets and devices named like images are left out
+    (reading one would block). An unreadable folder is an error naming it, not an empty class."""
+    out, seen = [], set()
+
+    def fail(e: OSError):
+        raise UserError(f"{e.filename}: cannot list the folder ({e.strerror})")
+
+    for dirpath, dirnames, files in os.walk(d, followlinks=True, onerror=fail):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            log.warning("%s: a symbolic link back to a folder already read (a loop); not followed", dirpath)
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         rel = os.path.relpath(dirpath, d)
-        out += [f if rel == "." else os.path.join(rel, f) for f in files]
+        for f in files:
+            try:
+                regular = stat.S_ISREG(os.stat(os.path.join(dirpath, f)).st_mode)
+            except OSError:  # a dangling link: kept, so that the loader counts it as a missing file
+                regular = True
+            if regular:
+                out.append(f if rel == "." else os.path.join(rel, f))
+            elif _is_image(f):
+                log.warning("%s: not a regular file (FIFO, socket or device); left out", os.path.join(dirpath, f))
     return out
 
 

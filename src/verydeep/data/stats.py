@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..transforms import BadImage, as_rgb, rescale
+from PIL import Image
+
+from ..errors import UserError
+from ..transforms import BadImage, as_rgb
 from ..utils import atomic_write
 from .sources import Source
 
@@ -49,7 +52,8 @@ def compute(source: Source, max_images: int | None = None, side: int = 128, seed
             progress: bool = True) -> ColourStats:
     """Mean and covariance of RGB pixel values over the training set (or a seeded random subset of max_images),
     each image rescaled to smallest side `side` first (the statistics of a colour distribution barely change with
-    resolution; the cost does, by orders of magnitude)."""
+    resolution; the cost does, by orders of magnitude). Every image weighs the same: the mean of the images' mean
+    colours, and of their second moments, so that a few odd-shaped images cannot move the mean."""
     from tqdm import tqdm
 
     n = len(source)
@@ -64,17 +68,16 @@ def compute(source: Source, max_images: int | None = None, side: int = 128, seed
             skipped += 1
             log.warning("%s: skipped (%s)", source.path(int(i)), e)
             continue
-        if min(img.size) > side:
-            img = rescale(img, side)
+        img.thumbnail((2 * side, 2 * side), Image.BILINEAR)  # bounded whatever the shape; colours barely change
         px = np.asarray(img, np.float64).reshape(-1, 3)
-        s1 += px.sum(0)
-        s2 += px.T @ px
+        s1 += px.mean(0)
+        s2 += px.T @ px / len(px)
         count += len(px)
         used += 1
-    if not count:
-        raise ValueError(f"{source.root}: no readable images for colour statistics")
-    mean = s1 / count
-    cov = (s2 / count - np.outer(mean, mean)) / 255.0**2
+    if not used:
+        raise UserError(f"{source.root}: no readable images for colour statistics")
+    mean = s1 / used
+    cov = (s2 / used - np.outer(mean, mean)) / 255.0**2
     val, vec = np.linalg.eigh(cov)
     order3 = np.argsort(val)[::-1]
     val, vec = np.clip(val[order3], 0, None), vec[:, order3]
@@ -90,4 +93,11 @@ def load(path: Path) -> ColourStats | None:
     path = Path(path)
     if not path.is_file():
         return None
-    return ColourStats.from_dict(json.loads(path.read_text()))
+    try:
+        st = ColourStats.from_dict(json.loads(path.read_text()))
+        ok = len(st.mean) == 3 and len(st.eigval) == 3 and np.asarray(st.eigvec, float).shape == (3, 3)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: malformed colour statistics ({e}); delete it to recompute them") from None
+    if not ok:
+        raise UserError(f"{path}: malformed colour statistics (expected 3 channels); delete it to recompute them")
+    return st

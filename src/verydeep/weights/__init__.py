@@ -1,13 +1,20 @@
 """Weights in every released format (PAPER.md section 8): torchvision .pth, Keras .h5, Caffe .caffemodel, and
 verydeep's own safetensors files. Each reader turns a file into one format-neutral ``Tensors`` set (torch layouts,
-layers in network order); ``assign`` maps it onto a model by order, checking every shape."""
+layers in network order); ``assign`` maps it onto a model by order, checking every shape.
+
+Hostile files: nothing is allocated on a file's word. Readers bound what they read by the file's own size (torch
+files memory-mapped, protobuf and safetensors data present in the file, HDF5 datasets declared at most a few times
+the file and read only later, as ``Lazy`` tensors). ``build`` then makes the model on the meta device, checks
+every shape and dtype of the file against it, and only then allocates the model and reads the data."""
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
 from ..errors import WeightsError
@@ -17,10 +24,38 @@ FORMATS = ("verydeep", "torchvision", "keras", "caffe")
 
 
 @dataclass
+class Lazy:
+    """A tensor known by shape and dtype, read only when asked (after its shape was checked against a model)."""
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    read: Callable[[], np.ndarray]   # returns the data in this shape (torch layout)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def load(self) -> torch.Tensor:
+        arr = np.asarray(self.read())
+        if tuple(arr.shape) != tuple(self.shape):
+            raise ValueError(f"read {arr.shape}, expected {self.shape}")
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def materialise(t) -> torch.Tensor:
+    return t.load() if isinstance(t, Lazy) else t
+
+
+def _is_float(t) -> bool:
+    if isinstance(t, Lazy):
+        return np.dtype(t.dtype).kind == "f"
+    return t.dtype.is_floating_point
+
+
+@dataclass
 class Layer:
     name: str                       # the layer's name in the file
-    weight: torch.Tensor            # torch layout: (out, in, kh, kw) or (out, in)
-    bias: torch.Tensor | None
+    weight: torch.Tensor | Lazy     # torch layout: (out, in, kh, kw) or (out, in)
+    bias: torch.Tensor | Lazy | None
 
 
 @dataclass
@@ -37,6 +72,7 @@ class Tensors:
     class_names: list[str] | None = None
     train_scale: tuple[int, int] | None = None
     box: tuple[str, int] | None = None  # localisation nets: (mode, classes)
+    lrn: bool | None = None          # whether the file's network has an LRN layer (A-LRN), where the file says
 
 
 MAGIC_HDF5 = b"\x89HDF\r\n\x1a\n"
@@ -97,9 +133,9 @@ def _shape(t) -> tuple:
     return tuple(t.shape)
 
 
-@torch.no_grad()
-def assign(model: VGG, t: Tensors, path: str | os.PathLike = "<weights>", strict: bool = True) -> None:
-    """Copy a Tensors set onto a model, layer by layer in network order, with a one-line error on any mismatch."""
+def _plan(model: VGG, t: Tensors, path, strict: bool) -> list[tuple[torch.Tensor, object, str, bool]]:
+    """Every (model tensor, file tensor, name, reorder) pair, checked for count, shape and dtype without reading any
+    file data: on a meta-device model it allocates nothing."""
     convs = [(n, m) for n, m in model.weight_layers() if n.startswith("conv")]
     fcs = [(n, m) for n, m in model.weight_layers() if n.startswith("fc")]
     arch = config_name(model.config)
@@ -114,33 +150,59 @@ def assign(model: VGG, t: Tensors, path: str | os.PathLike = "<weights>", strict
         raise WeightsError(f"{path}: file has batch-norm layers; use a *_bn model (e.g. vgg16_bn)")
     if model.config.batch_norm and not t.bns and strict:
         raise WeightsError(f"{path}: model {arch} has batch-norm layers but the file has none")
+    if t.lrn is not None and t.lrn != model.config.lrn:
+        raise WeightsError(f"{path}: the file's network {'has' if t.lrn else 'has no'} LRN layer; model {arch} "
+                           f"{'has one' if model.config.lrn else 'has none'} (A and A-LRN differ only there)")
+    if t.config is not None:
+        have, want = t.config, model.config
+        if (have.config, have.lrn, have.batch_norm) != (want.config, want.lrn, want.batch_norm):
+            raise WeightsError(f"{path}: file holds a {config_name(have)} model, not {arch}")
+    plan = []
 
-    def put(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    def add(dst, src, name, reorder=False):
         if src is None:
             raise WeightsError(f"{path}: {name}: missing in file")
-        if _shape(src) != _shape(dst):
-            raise WeightsError(f"{path}: {name}: file has {_shape(src)}, model expects {_shape(dst)}")
-        if not torch.isfinite(src).all():
-            raise WeightsError(f"{path}: {name}: contains NaN or infinite values")
-        dst.copy_(src.to(dst.dtype))
+        if not _is_float(src):
+            raise WeightsError(f"{path}: {name}: holds {getattr(src, 'dtype', '?')} values; weights are floating "
+                               f"point")
+        if tuple(src.shape) != tuple(dst.shape):
+            raise WeightsError(f"{path}: {name}: file has {tuple(src.shape)}, model expects {tuple(dst.shape)}")
+        plan.append((dst, src, name, reorder))
 
     for (name, m), layer in zip(convs, t.convs):
-        put(m.weight, layer.weight, f"{name}.weight")
-        put(m.bias, layer.bias, f"{name}.bias")
+        add(m.weight, layer.weight, f"{name}.weight")
+        add(m.bias, layer.bias, f"{name}.bias")
     if t.bns:
         bn_layers = [(n, model.layer(n)) for n in model.feature_names if n.startswith("bn")]
+        if len(bn_layers) != len(t.bns):
+            raise WeightsError(f"{path}: file has {len(t.bns)} batch-norm layers, model {arch} has {len(bn_layers)}")
         for (name, m), bn in zip(bn_layers, t.bns):
             for key in ("weight", "bias", "running_mean", "running_var"):
-                put(getattr(m, key), bn.get(key), f"{name}.{key}")
+                add(getattr(m, key), bn.get(key), f"{name}.{key}")
     for i, ((name, m), layer) in enumerate(zip(fcs, t.fcs)):
-        w = layer.weight
-        if i == 0 and t.fc6_layout == "nhwc":
-            k, c = model.config.head_kernel, model.feature_channels
-            if w.ndim == 2 and w.shape[1] == k * k * c:
-                # Keras flattens an NHWC tensor: reorder the inputs to PyTorch's (C, H, W) flattening.
-                w = w.reshape(w.shape[0], k, k, c).permute(0, 3, 1, 2).reshape(w.shape[0], -1)
-        put(m.weight, w, f"{name}.weight")
-        put(m.bias, layer.bias, f"{name}.bias")
+        k, c = model.config.head_kernel, model.feature_channels
+        # Keras flattens an NHWC tensor: fc6's inputs are reordered to PyTorch's (C, H, W) flattening.
+        reorder = i == 0 and t.fc6_layout == "nhwc" and layer.weight.ndim == 2 and layer.weight.shape[1] == k * k * c
+        add(m.weight, layer.weight, f"{name}.weight", reorder)
+        add(m.bias, layer.bias, f"{name}.bias")
+    return plan
+
+
+@torch.no_grad()
+def assign(model: VGG, t: Tensors, path: str | os.PathLike = "<weights>", strict: bool = True) -> None:
+    """Copy a Tensors set onto a model, layer by layer in network order, with a one-line error on any mismatch. Every
+    shape is checked before any data is read."""
+    k, c = model.config.head_kernel, model.feature_channels
+    for dst, src, name, reorder in _plan(model, t, path, strict):
+        try:
+            w = materialise(src)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise WeightsError(f"{path}: {name}: cannot read ({str(e).splitlines()[0][:160]})") from None
+        if reorder:
+            w = w.reshape(w.shape[0], k, k, c).permute(0, 3, 1, 2).reshape(w.shape[0], -1)
+        if not torch.isfinite(w).all():
+            raise WeightsError(f"{path}: {name}: contains NaN or infinite values")
+        dst.copy_(w.to(dst.dtype))
     model.input_convention = t.preprocess
     if t.class_names is not None:
         model.class_names = list(t.class_names)
@@ -159,6 +221,9 @@ def load_into(model: VGG, path: str | os.PathLike, strict: bool = True, fmt: str
 def _inferred_options(t: Tensors) -> dict:
     """Architecture options implied by the tensors: input channels, width, FC width, classes, crop size."""
     first, last = t.convs[0].weight, t.convs[-1].weight
+    if first.ndim != 4 or last.ndim != 4:
+        raise WeightsError(f"file's first and last conv weights are {tuple(first.shape)} and {tuple(last.shape)}, "
+                           f"not 4-D")
     opts = {"in_channels": int(first.shape[1]), "width": first.shape[0] / 64.0}
     if t.fcs:
         fc6 = t.fcs[0].weight
@@ -190,11 +255,13 @@ def build(name: str | None, path: str | os.PathLike, *, num_classes: int | None 
     else:
         if name is None:
             raise WeightsError(f"{path}: a {t.fmt} file does not name its architecture; pass the model name")
-        merged = {**_inferred_options(t), **options}
         try:
+            merged = {**_inferred_options(t), **options}
             cfg = model_config(name, **merged)
-        except ValueError as e:
+        except (ValueError, WeightsError) as e:
             raise WeightsError(f"{path}: {e}") from None
+    with torch.device("meta"):  # every shape checked against the file before anything is allocated
+        _plan(VGG(cfg), t, path, strict)
     model = VGG(cfg)
     assign(model, t, path, strict)
     if preprocess is not None:

@@ -4,6 +4,7 @@ that holds weights, with its field numbers; the protobuf library parses them, an
 layer parameters) are skipped. Expects Caffe preprocessing: BGR, 0-255, BGR mean subtracted (PAPER.md section 8)."""
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -83,10 +84,10 @@ def _blob(blob, path: Path, where: str) -> torch.Tensor:
         shape = tuple(int(d) for d in blob.shape.dim)
     else:  # V1 blobs: 4-D num/channels/height/width
         shape = (int(blob.num), int(blob.channels), int(blob.height), int(blob.width))
-    if any(d < 0 for d in shape):
-        raise WeightsError(f"{path}: {where}: negative dimension in shape {shape}")
+    if any(d < 0 for d in shape) or len(shape) > 4:
+        raise WeightsError(f"{path}: {where}: impossible blob shape {shape}")
     n = len(blob.data) or len(blob.double_data)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    count = math.prod(shape) if shape else 0  # Python integers: a lying shape cannot overflow
     if n != count:
         raise WeightsError(f"{path}: {where}: shape {shape} needs {count} values, blob holds {n}")
     values = blob.data if len(blob.data) else blob.double_data
@@ -109,11 +110,13 @@ def read(path: Path) -> Tensors:
         raise WeightsError(f"{path}: file mixes V1 'layers' and new 'layer' definitions")
     v1 = bool(len(net.layers))
     convs, fcs = [], []
+    lrn = False
     for layer in net.layers if v1 else net.layer:
         if v1:
-            kind = {4: "Convolution", 14: "InnerProduct"}.get(layer.type, str(layer.type))
+            kind = {4: "Convolution", 14: "InnerProduct", 15: "LRN"}.get(layer.type, str(layer.type))
         else:
             kind = layer.type
+        lrn = lrn or kind == "LRN"
         if not len(layer.blobs):
             continue
         if kind not in ("Convolution", "InnerProduct"):
@@ -134,4 +137,5 @@ def read(path: Path) -> Tensors:
             if w.ndim != 2:
                 raise WeightsError(f"{path}: {layer.name}.weight: expected an (out, in) matrix, got {tuple(w.shape)}")
             fcs.append(Layer(layer.name, w, b))
-    return Tensors("caffe", convs, fcs, preprocess=CAFFE)
+    # A deploy file's layer list is the network: an LRN layer (or none) tells A-LRN from A, whose weights are alike.
+    return Tensors("caffe", convs, fcs, preprocess=CAFFE, lrn=lrn if (len(net.layers) or len(net.layer)) else None)

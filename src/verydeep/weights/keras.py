@@ -8,14 +8,13 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
-
 from ..errors import WeightsError
 from ..models import CAFFE
-from . import Layer, Tensors
+from . import Layer, Lazy, Tensors
 
-# Refuse absurd datasets before reading them: VGG-19's largest tensor has ~103M elements.
-MAX_ELEMENTS = 1 << 31
+# HDF5 datasets can declare more than the file holds (unallocated or compressed storage). Keras writes weights
+# uncompressed, so a weight file declares about its own size; more than this many times is refused unread.
+MAX_DECLARED_PER_FILE_BYTE = 4
 
 
 def _natural(key: str):
@@ -24,45 +23,84 @@ def _natural(key: str):
     return m.group(1), int(m.group(2) or 0)
 
 
-def _array(ds, path: Path, name: str) -> np.ndarray:
+class _Budget:
+    """Declared dataset bytes so far, against what the file could hold."""
+
+    def __init__(self, path: Path):
+        self.path, self.used = path, 0
+        self.limit = MAX_DECLARED_PER_FILE_BYTE * path.stat().st_size
+
+    def take(self, nbytes: int, name: str) -> None:
+        self.used += nbytes
+        if self.used > self.limit:
+            raise WeightsError(f"{self.path}: {name}: the file declares over {self.used:,} bytes of weights but is "
+                               f"{self.path.stat().st_size:,} bytes long; refused unread")
+
+
+def _array(group, key: str, path: Path, name: str, budget: _Budget) -> Lazy:
+    """A dataset as a Lazy tensor: its shape and dtype now, its data when assign() asks, after the shape check."""
     import h5py
 
+    link = group.get(key, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise WeightsError(f"{path}: {name} is a link to elsewhere ({type(link).__name__}); refused")
+    ds = group[key]
     if not isinstance(ds, h5py.Dataset):
         raise WeightsError(f"{path}: {name} is not a dataset")
-    if ds.size > MAX_ELEMENTS or ds.dtype.kind != "f":
+    if ds.is_virtual or ds.external:
+        raise WeightsError(f"{path}: {name} keeps its data outside the file; refused")
+    if ds.dtype.kind != "f" or ds.ndim > 4:
         raise WeightsError(f"{path}: {name} has unsupported shape {ds.shape} or dtype {ds.dtype}")
-    return np.asarray(ds[()], dtype=np.float32)
+    budget.take(int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize, name)
+    dataset_name = ds.name
+
+    def read() -> np.ndarray:
+        with h5py.File(path, "r") as f:
+            return np.asarray(f[dataset_name][()], dtype=np.float32)
+    return Lazy(tuple(int(d) for d in ds.shape), ds.dtype, read)
 
 
-def _legacy_layers(group, path: Path) -> list[tuple[str, list[np.ndarray]]]:
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["layer_names"]]
+def _decoded(names) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in np.atleast_1d(np.asarray(names))]
+
+
+def _legacy_layers(group, path: Path, budget: _Budget) -> list[tuple[str, list[Lazy]]]:
+    import h5py
+
+    names = _decoded(group.attrs["layer_names"])
     out = []
     for lname in names:
-        if lname not in group:
+        if lname not in group or not isinstance(group[lname], h5py.Group):
             raise WeightsError(f"{path}: layer {lname!r} listed in layer_names is missing")
         g = group[lname]
-        wnames = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
+        wnames = _decoded(g.attrs["weight_names"]) if "weight_names" in g.attrs else []
         arrays = []
         for w in wnames:
             if w not in g:
                 raise WeightsError(f"{path}: {lname}/{w} listed in weight_names is missing")
-            arrays.append(_array(g[w], path, f"{lname}/{w}"))
+            arrays.append(_array(g, w, path, f"{lname}/{w}", budget))
         out.append((lname, arrays))
     return out
 
 
-def _keras3_layers(group, path: Path) -> list[tuple[str, list[np.ndarray]]]:
+def _keras3_layers(group, path: Path, budget: _Budget) -> list[tuple[str, list[Lazy]]]:
+    import h5py
+
     out = []
     for key in sorted(group, key=_natural):
         g = group[key]
-        if "vars" not in g:
+        if not isinstance(g, h5py.Group) or not isinstance(g.get("vars"), h5py.Group):
             continue
         v = g["vars"]
-        lname = v.attrs.get("name", key)
-        lname = lname.decode() if isinstance(lname, bytes) else str(lname)
-        arrays = [_array(v[i], path, f"{key}/vars/{i}") for i in sorted(v, key=int)]
-        out.append((lname, arrays))
+        if not all(i.isdigit() for i in v):
+            raise WeightsError(f"{path}: {key}/vars holds {sorted(v)[:3]}; Keras 3 numbers its variables")
+        arrays = [_array(v, i, path, f"{key}/vars/{i}", budget) for i in sorted(v, key=int)]
+        out.append((key, arrays))
     return out
+
+
+def _transposed(t: Lazy, axes: tuple[int, ...]) -> Lazy:
+    return Lazy(tuple(t.shape[a] for a in axes), t.dtype, lambda: t.read().transpose(axes))
 
 
 def read(path: Path) -> Tensors:
@@ -70,18 +108,19 @@ def read(path: Path) -> Tensors:
         import h5py
     except ImportError:  # pragma: no cover - h5py is a dependency
         raise WeightsError(f"{path}: reading Keras .h5 files needs h5py (pip install h5py)") from None
+    budget = _Budget(path)
     try:
         with h5py.File(path, "r") as f:
-            root = f["model_weights"] if "model_weights" in f else f
+            root = f["model_weights"] if isinstance(f.get("model_weights"), h5py.Group) else f
             if "layer_names" in root.attrs:
-                layers = _legacy_layers(root, path)
-            elif "layers" in root:
-                layers = _keras3_layers(root["layers"], path)
+                layers = _legacy_layers(root, path, budget)
+            elif isinstance(root.get("layers"), h5py.Group):
+                layers = _keras3_layers(root["layers"], path, budget)
             else:
                 raise WeightsError(f"{path}: HDF5 file is not a Keras weight file (no layer_names, no layers/)")
     except WeightsError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except (OSError, KeyError, ValueError, TypeError, AttributeError) as e:
         raise WeightsError(f"{path}: cannot read as Keras HDF5: {str(e).splitlines()[0][:200]}") from None
     convs, fcs = [], []
     for lname, arrays in layers:
@@ -94,9 +133,9 @@ def read(path: Path) -> Tensors:
         if len(kernels) != 1 or len(biases) > 1:
             raise WeightsError(f"{path}: layer {lname!r} has {len(arrays)} weight arrays; expected kernel and bias")
         k = kernels[0]
-        b = torch.from_numpy(biases[0]) if biases else None
+        b = biases[0] if biases else None
         if k.ndim == 4:  # HWIO -> OIHW
-            convs.append(Layer(lname, torch.from_numpy(k.transpose(3, 2, 0, 1).copy()), b))
+            convs.append(Layer(lname, _transposed(k, (3, 2, 0, 1)), b))
         else:  # (in, out) -> (out, in)
-            fcs.append(Layer(lname, torch.from_numpy(k.T.copy()), b))
+            fcs.append(Layer(lname, _transposed(k, (1, 0)), b))
     return Tensors("keras", convs, fcs, fc6_layout="nhwc", preprocess=CAFFE)

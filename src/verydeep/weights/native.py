@@ -38,15 +38,26 @@ def read(path: Path) -> Tensors:
     if "verydeep" in meta:
         try:
             header = json.loads(meta["verydeep"])
+            if not isinstance(header, dict):
+                raise ValueError(f"expected a JSON object, found {type(header).__name__}")
             if header.get("format_version", 0) > FORMAT_VERSION:
                 raise WeightsError(f"{path}: written by a newer verydeep (format {header['format_version']})")
+            if not isinstance(header.get("config"), dict) or not isinstance(header.get("preprocess"), dict):
+                raise ValueError("config and preprocess must be JSON objects")
             t.config = VGGConfig.from_dict(header["config"])
             t.preprocess = Preprocess.from_dict(header["preprocess"])
-            t.class_names = header.get("class_names")
-            t.train_scale = tuple(header["train_scale"]) if header.get("train_scale") else None
-            t.box = (str(header["box"][0]), int(header["box"][1])) if header.get("box") else None
-        except (KeyError, TypeError, ValueError) as e:
-            if isinstance(e, WeightsError):
-                raise
+            box = header.get("box")
+            t.box = (str(box[0]), int(box[1])) if box else None
+            classes = t.box[1] if t.box else t.config.num_classes  # a box head has 4 (x classes) outputs
+            names = header.get("class_names")
+            if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                                      or len(names) != classes):
+                raise ValueError(f"class_names must be {classes} strings")
+            t.class_names = names
+            scale = header.get("train_scale")
+            t.train_scale = (int(scale[0]), int(scale[1])) if scale else None
+        except WeightsError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise WeightsError(f"{path}: malformed verydeep header: {e}") from None
     return t

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import WeightsError
+from ..checkpoint import torch_load
+from ..errors import UserError, WeightsError
 from ..models import TORCHVISION, Preprocess, VGGConfig
 from . import Layer, Tensors
 
@@ -60,11 +61,11 @@ def from_state_dict(sd: dict[str, torch.Tensor], path: Path, fmt: str) -> Tensor
 
 
 def read(path: Path) -> Tensors:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refused, truncated zip, ...: one line, never a traceback
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: cannot read as a PyTorch state dict: {msg[:200]}") from None
+    try:  # memory-mapped, without code: nothing larger than the file is read, no pickle runs a function
+        obj = torch_load(path, "PyTorch state dict")
+    except UserError as e:
+        raise WeightsError(str(e).replace("unreadable PyTorch state dict", "cannot read as a PyTorch state dict")) \
+            from None
     t = from_state_dict(unwrap(obj, path), path, "torchvision")
     t.preprocess = TORCHVISION
     if isinstance(obj, dict) and "model_config" in obj:  # a verydeep training checkpoint carries its architecture
@@ -75,6 +76,8 @@ def read(path: Path) -> Tensors:
             cfg = obj.get("config") or {}
             if cfg.get("scale_min"):
                 t.train_scale = (int(cfg["scale_min"]), int(cfg["scale_max"]))
+            if t.class_names is not None and len(t.class_names) != t.config.num_classes:
+                raise ValueError(f"{len(t.class_names)} class names for {t.config.num_classes} classes")
         except (KeyError, TypeError, ValueError) as e:
             raise WeightsError(f"{path}: malformed verydeep checkpoint header ({e})") from None
     return t
