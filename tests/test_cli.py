@@ -39,7 +39,7 @@ def image(tmp_path):
 @pytest.fixture
 def weights(tmp_path):
     m = tiny("A")
-    m.class_names = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
+    m.card = m.card.but(class_names=("ant", "bee", "cat", "dog", "eel", "fox", "gnu"))
     p = tmp_path / "a.safetensors"
     vd.save(m, p)
     return p
@@ -47,8 +47,8 @@ def weights(tmp_path):
 
 @pytest.mark.parametrize("protocol", ["dense", "center"])
 def test_predict_json(weights, image, capsys, protocol):
-    assert main(["predict", "--weights", str(weights), str(image), "--json", "--protocol", protocol]) == 0
-    res = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--weights", str(weights), str(image), "--json", "-", "--protocol", protocol]) == 0
+    res = json.loads(capsys.readouterr().out)["results"]
     top = res[0]["top"]
     assert len(top) == 5 and top[0]["name"] in {"ant", "bee", "cat", "dog", "eel", "fox", "gnu"}
     probs = [t["probability"] for t in top]
@@ -57,11 +57,11 @@ def test_predict_json(weights, image, capsys, protocol):
 
 def test_predict_dense_is_flip_averaged_posterior(weights, image):
     from verydeep.evaluate import predict_image
-    from verydeep.transforms import load_rgb, rescale, to_tensor
+    from verydeep.transforms import load_rgb, rescale, to_uint8
 
     m = vd.load(weights).eval()
     p = predict_image(m, load_rgb(image), "dense", [73], precision="fp32")
-    x = m.preprocess(to_tensor(rescale(load_rgb(image), 73))[None])
+    x = m.preprocess(to_uint8(rescale(load_rgb(image), 73))[None].float() / 255)
     with torch.no_grad():
         a = m.score_map(x).mean((2, 3)).softmax(1)
         b = m.score_map(x.flip(3)).mean((2, 3)).softmax(1)
@@ -100,14 +100,14 @@ def test_user_mistakes_are_one_line(weights, image, tmp_path, args, match):
 def test_predict_reports_bad_images_and_goes_on(weights, image, tmp_path):
     Image.fromarray(np.full((2, 10000, 3), 90, np.uint8)).save(tmp_path / "strip.png")  # 10000x2
     (tmp_path / "text.jpg").write_text("not an image")
-    r = subprocess.run([sys.executable, "-m", "verydeep", "predict", "--weights", str(weights), "--json",
+    r = subprocess.run([sys.executable, "-m", "verydeep", "predict", "--weights", str(weights), "--json", "-",
                         str(tmp_path / "strip.png"), str(tmp_path / "text.jpg"), str(image)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     err = r.stderr.strip().splitlines()
     assert len(err) == 2 and "strip.png: extreme aspect ratio (10000x2 would be" in err[0]
     assert "text.jpg: not an image file" in err[1]
-    assert [x["image"] for x in json.loads(r.stdout)] == [str(image)]  # the good one still predicted
+    assert [x["image"] for x in json.loads(r.stdout)["results"]] == [str(image)]  # the good one still predicted
 
 
 @pytest.mark.parametrize("args,match", [

@@ -10,7 +10,7 @@ import verydeep as vd
 from verydeep.cli import main
 from verydeep.data import ImageFolder
 from verydeep.errors import UserError
-from verydeep.evaluate import (Evaluator, Posteriors, auto_scales, format_table, measure, parse_scales, predict_image,
+from verydeep.evaluate import (Evaluator, Posteriors, format_table, measure, parse_scales, predict_image,
                                topk_error)
 from verydeep.transforms import grid_positions, rescale, to_uint8
 from conftest import tiny
@@ -26,7 +26,7 @@ def data(tmp_path_factory):
 def model():
     torch.manual_seed(0)
     m = tiny("A", num_classes=3)
-    m.train_scale = (73, 73)
+    m.card = m.card.but(train_scale=(73, 73))
     return m
 
 
@@ -94,15 +94,17 @@ def test_dense_at_the_crop_size_equals_the_fc_net(model):
 
 
 def test_auto_scale_rules():
-    assert auto_scales((256, 256), 224, False) == [256]
-    assert auto_scales((256, 512), 224, False) == [384]
-    assert auto_scales((256, 256), 224, True) == [224, 256, 288]
-    assert auto_scales((384, 384), 224, True) == [352, 384, 416]
-    assert auto_scales((256, 512), 224, True) == [256, 384, 512]
-    assert auto_scales((73, 146), 64, True) == [73, 109, 146]
-    assert auto_scales((73, 73), 64, True) == [64, 73, 82]  # 32 scaled to the crop: 9
+    from verydeep.paper import test_scales
+
+    assert test_scales((256, 256), 224, False) == [256]
+    assert test_scales((256, 512), 224, False) == [384]
+    assert test_scales((256, 256), 224, True) == [224, 256, 288]
+    assert test_scales((384, 384), 224, True) == [352, 384, 416]
+    assert test_scales((256, 512), 224, True) == [256, 384, 512]
+    assert test_scales((73, 146), 64, True) == [73, 109, 146]
+    assert test_scales((73, 73), 64, True) == [64, 73, 82]  # 32 scaled to the crop: 9
     with pytest.raises(UserError, match="needs the net's training scale"):
-        auto_scales(None, 224, False)
+        parse_scales("auto", tiny("A"))
 
 
 def test_parse_scales(model):
@@ -127,7 +129,9 @@ def test_fusion_of_identical_nets_is_the_net(model, data, tmp_path):
     assert main(["evaluate", "--weights", str(tmp_path / "a.safetensors"), "--weights", str(tmp_path / "b.safetensors"),
                  "--data", root, "--protocol", "dense", "--scales", "72", "--workers", "0", "--no-progress",
                  "--out", str(tmp_path / "t")]) == 0
-    rows = json.loads((tmp_path / "t.json").read_text())
+    doc = json.loads((tmp_path / "t.json").read_text())
+    rows = doc["rows"]
+    assert doc["provenance"]["verydeep"] == vd.__version__ and "commit" in doc["provenance"]
     assert [r["net"] for r in rows] == ["a", "b", "fusion(a+b)"]
     assert rows[0]["top-1 err (%)"] == rows[2]["top-1 err (%)"] and rows[0]["top-5 err (%)"] == rows[2]["top-5 err (%)"]
     assert (tmp_path / "t.md").read_text().startswith("| net")
@@ -141,11 +145,11 @@ def test_fusion_arithmetic_from_saved_posteriors(model, data, tmp_path):
     b.save(tmp_path / "b.npz")
     loaded = Posteriors.load(tmp_path / "a.npz")
     np.testing.assert_array_equal(loaded.probs[("center", 72)], a.probs[("center", 72)])
-    assert main(["evaluate", "--fuse", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--protocol", "center",
+    assert main(["evaluate", "--fuse", str(tmp_path / "a.npz"), "--fuse", str(tmp_path / "b.npz"), "--protocol", "center",
                  "--out", str(tmp_path / "f")]) == 0
     fused = (a.probs[("center", 72)] + b.probs[("center", 72)]) / 2
     want = measure(fused, a, "x", "-", [], "center")
-    got = json.loads((tmp_path / "f.json").read_text())[0]
+    got = json.loads((tmp_path / "f.json").read_text())["rows"][0]
     assert got["top-1 err (%)"] == round(100 * want.top1, 2)
 
 
@@ -177,7 +181,7 @@ def test_table_formats():
 
 def test_explain_writes_a_png(model, data, tmp_path, capsys):
     vd.save(model, tmp_path / "m.safetensors")
-    assert main(["explain", data.path(0), "--weights", str(tmp_path / "m.safetensors"), "--scale", "128",
+    assert main(["explain", data.path(0), "--weights", str(tmp_path / "m.safetensors"), "--scales", "128",
                  "--out", str(tmp_path / "e.png")]) == 0
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
     assert "score map 3x4" in capsys.readouterr().out  # 171x128 -> pool5 5x4 -> 3x4 windows
@@ -187,8 +191,8 @@ def test_predict_protocols_and_scales(model, data, tmp_path, capsys):
     vd.save(model, tmp_path / "m.safetensors")
     for protocol in ("center", "dense", "multicrop", "dense+multicrop"):
         assert main(["predict", data.path(0), "--weights", str(tmp_path / "m.safetensors"), "--protocol", protocol,
-                     "--scales", "auto-multi", "--json"]) == 0
-        out = json.loads(capsys.readouterr().out)[0]
+                     "--scales", "auto-multi", "--json", "-"]) == 0
+        out = json.loads(capsys.readouterr().out)["results"][0]
         assert out["scales"] == [64, 73, 82] and len(out["top"]) == 3
 
 
@@ -203,3 +207,45 @@ def test_posteriors_file_declaring_more_than_it_holds(tmp_path):
         z.writestr("labels.npy", b"")
     with pytest.raises(UserError, match=r"not a verydeep posteriors file \(member dense@256.npy declares"):
         Posteriors.load(tmp_path / "p.npz")
+
+
+def test_multicrop_views_are_50_per_scale_with_flips():
+    from verydeep.evaluate import grid_views
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (375, 500, 3), dtype=np.uint8))
+    big = to_uint8(rescale(img, 256))
+    crops = grid_views(big, 224)
+    assert crops.shape == (50, 3, 224, 224)
+    assert torch.equal(crops[:25].flip(3), crops[25:])
+    x, y = grid_positions(big.shape[2], big.shape[1], 224)[7]
+    assert torch.equal(crops[7], big[:, y:y + 224, x:x + 224])
+
+
+@pytest.fixture
+def ten_crop():
+    """A newcomer's protocol (AlexNet's ten crops: four corners and the centre, and their mirrors), registered the
+    one way there is: every command and the study take it from the registry."""
+    from verydeep import evaluate as E
+
+    def views(big, crop):
+        h, w = big.shape[1:]
+        corners = [(0, 0), (w - crop, 0), (0, h - crop), (w - crop, h - crop), ((w - crop) // 2, (h - crop) // 2)]
+        five = torch.stack([big[:, y:y + crop, x:x + crop] for x, y in corners])
+        return torch.cat([five, five.flip(3)])
+
+    E.register_protocol(E.Protocol("ten-crop", "AlexNet's 10 crops (a test's own protocol)", views=views))
+    yield "ten-crop"
+    E.PROTOCOLS.pop("ten-crop")
+
+
+def test_a_registered_protocol_reaches_every_command(model, data, tmp_path, capsys, ten_crop):
+    ev, post = run(model, data, [ten_crop], [72])
+    assert ev.forward_images == 10 * len(data)
+    np.testing.assert_allclose(post.combine(ten_crop, [72]).sum(1), 1, atol=1e-5)
+    vd.save(model, tmp_path / "m.safetensors")
+    assert main(["predict", data.path(0), "--weights", str(tmp_path / "m.safetensors"), "--protocol", ten_crop,
+                 "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["protocol"] == ten_crop
+    assert main(["evaluate", "--weights", str(tmp_path / "m.safetensors"), "--data", str(data.root), "--protocol",
+                 "all", "--scales", "72", "--workers", "0", "--no-progress"]) == 0
+    assert ten_crop in capsys.readouterr().out

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 import verydeep as vd
 from verydeep import fast
 from verydeep.errors import UserError
-from verydeep.fast import Conv, FastVGG, Winograd, best_precision, resolve_precision
+from verydeep.fast import Conv, FastVGG, Winograd
+from verydeep.precision import Precision, native_bf16
 
 
 def small(name="A", seed=0, **kw):
@@ -51,7 +52,7 @@ def test_fp32_equals_reference_on_crops_and_maps(name, winograd_from, monkeypatc
         monkeypatch.setattr(fast, "WINOGRAD_MIN_CHANNELS", winograd_from)
     net = FastVGG(m, "fp32")
     n_conv3 = sum(1 for x in m.features if isinstance(x, torch.nn.Conv2d) and x.kernel_size == (3, 3))
-    assert sum(isinstance(op, Winograd) for op in net._by_shape[None]) == (n_conv3 if winograd_from else 0)
+    assert net.kernels().count("winograd") == (n_conv3 if winograd_from else 0)
     x, big = torch.randn(3, 3, 32, 32), torch.randn(2, 3, 45, 61)  # odd sizes: pooling floors, maps 2x1
     with torch.inference_mode():
         ref, ref_map = m(x), m.score_map(big)
@@ -86,7 +87,7 @@ def test_int8_calibrates_once_and_is_deterministic():
     a = net(x[:2])
     b = net(x[:2])
     assert torch.equal(a, b)
-    assert net._quant is not None and net.steps is None
+    assert net.calibrated
 
 
 @pytest.mark.parametrize("layer", ["conv5_2", "relu5_2", "pool5", "fc6", "relu7", "drop7"])
@@ -104,15 +105,16 @@ def test_errors_and_auto():
     with pytest.raises(UserError, match="no layer"):
         FastVGG(m, "fp32", upto="conv9_9")
     with pytest.raises(UserError, match="choose one of"):
-        resolve_precision("fp8")
+        Precision.resolve("fp8")
     with pytest.raises(UserError, match="CPU only"):
-        resolve_precision("int8", "cuda")
+        Precision.resolve("int8", "cuda")
     with pytest.raises(ValueError, match="smaller than"):
         FastVGG(m, "fp32").score_map(torch.randn(1, 3, 16, 40))
     with pytest.raises(ValueError, match="crop"):
         FastVGG(m, "fp32")(torch.randn(1, 3, 40, 40))
-    assert best_precision("cpu") in ("bf16", "fp32")
-    assert resolve_precision("auto", "cpu") == best_precision("cpu")
+    assert Precision.resolve("auto", "cpu").name == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+    with pytest.raises(UserError, match="int8 is for inference"):
+        Precision.resolve("int8", "cpu", training=True)
 
 
 def test_bf16_packing_per_size_is_bounded_and_stable():
@@ -124,5 +126,5 @@ def test_bf16_packing_per_size_is_bounded_and_stable():
     first = net.score_map(sizes[0])
     for x in sizes[1:]:
         net.score_map(x)
-    assert len(net._by_shape) == 2  # least recently used packing dropped
+    assert net.packed_sizes == 2  # least recently used packing dropped
     torch.testing.assert_close(net.score_map(sizes[0]), first)  # repacked for it, same numbers

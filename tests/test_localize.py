@@ -54,7 +54,7 @@ def boxes(tmp_path_factory):
 def classifier():
     torch.manual_seed(0)
     m = tiny("A", num_classes=2, crop_size=32, width=1 / 8)
-    m.class_names = ["blue", "red"]
+    m.card = m.card.but(class_names=("blue", "red"))
     return m
 
 
@@ -62,15 +62,16 @@ def classifier():
 def test_localisation_heads_train(boxes, classifier, mode, layers):
     src = ImageFolder(boxes / "train")
     assert src.read(0).boxes.shape == (1, 4)
-    cfg = L.LocConfig(mode=mode, layers=layers, scale=40, lr=0.01, epochs=6, batch_size=8, workers=0)
-    net, losses = L.train(classifier, src, cfg, progress=False)
+    cfg = L.LocTrainConfig(mode=mode, layers=layers, train_scale=[40], lr=0.01, epochs=6, batch_size=8, workers=0,
+                           progress=False, precision="fp32", device="cpu")
+    net, losses = L.fine_tune(classifier, src, cfg)
     assert losses[-1] < losses[0]
     assert net.config.num_classes == (4 if mode == "scr" else 8)
     if layers == "fc":  # the conv layers were not touched
         assert torch.equal(net.layer("conv3_2").weight, classifier.layer("conv3_2").weight)
     r = L.centre_crop_error(net, ImageFolder(boxes / "val"), 40)
     assert r["images"] == 12 and 0 <= r["error"] <= 1
-    d = L.dense_error(net, classifier, ImageFolder(boxes / "val"), [40, 56])
+    d = L.dense_error(L.Dense(net, classifier), ImageFolder(boxes / "val"), [40, 56])
     assert d["images"] == 12 and 0 <= d["top5_loc_error"] <= 1 and 0 <= d["gt_class_loc_error"] <= 1
 
 
@@ -78,9 +79,9 @@ def test_dense_boxes_are_in_image_coordinates(classifier, boxes):
     net = L.localisation_net(classifier, "scr")
     from PIL import Image
     img = Image.open(boxes / "val" / "red" / "red_0.png").convert("RGB")
-    preds = L.dense_boxes(net, classifier, img, [40, 56], top_k=2)
-    assert [c for c, _, _ in preds] and len(preds) == 2
-    for _, box, score in preds:
+    preds = L.dense_boxes(L.Dense(net, classifier), img, [40, 56], top_k=2)
+    assert len(preds) == 2 and preds[0][1] >= preds[1][1]  # most probable class first
+    for _, p, box, score in preds:
         assert box[2] > box[0] and box[3] > box[1] and score > 0
         assert -32 < box[0] < img.size[0] and -32 < box[1] < img.size[1]
 
@@ -88,12 +89,12 @@ def test_dense_boxes_are_in_image_coordinates(classifier, boxes):
 def test_localize_cli_train_evaluate_predict(boxes, classifier, tmp_path, capsys):
     vd.save(classifier, tmp_path / "cls.safetensors")
     assert main(["localize", "train", "--data", str(boxes), "--classifier", str(tmp_path / "cls.safetensors"),
-                 "--mode", "pcr", "--scale", "40", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+                 "--mode", "pcr", "--train-scale", "40", "--epochs", "1", "--batch-size", "8", "--workers", "0",
                  "--out", str(tmp_path / "loc.safetensors"), "--no-progress"]) == 0
-    loc = L.load(tmp_path / "loc.safetensors")
+    loc = vd.load(tmp_path / "loc.safetensors")
     assert loc.box_mode == "pcr" and loc.box_classes == 2
     assert main(["localize", "evaluate", "--weights", str(tmp_path / "loc.safetensors"), "--data", str(boxes),
-                 "--scale", "40"]) == 0
+                 "--scales", "40"]) == 0
     assert "protocol 1" in capsys.readouterr().out
     assert main(["localize", "evaluate", "--weights", str(tmp_path / "loc.safetensors"), "--classifier",
                  str(tmp_path / "cls.safetensors"), "--data", str(boxes), "--protocol", "dense",
@@ -105,4 +106,4 @@ def test_localize_cli_train_evaluate_predict(boxes, classifier, tmp_path, capsys
                  "--out", str(out), "--scales", "40", "--top", "2"]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(vd.UserError, match="not a localisation net"):
-        L.load(tmp_path / "cls.safetensors")
+        L.box_net(vd.load(tmp_path / "cls.safetensors"), tmp_path / "cls.safetensors")

@@ -13,11 +13,11 @@ from verydeep import checkpoint as ckpt
 from verydeep import distributed
 from verydeep.errors import UserError
 from verydeep.schedule import PlateauSchedule
-from verydeep.train import Trainer, make_config, stage_presets, train
+from verydeep.train import Trainer, make_config, train
 from imagegen import pattern_dataset
 
 TINY = dict(model="A", width=0.125, fc_width=32, crop=32, batch_size=16, init="glorot", lr=1e-3, workers=0,
-            progress=False, seed=0)
+            progress=False, seed=0, precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,9 @@ def test_a_tiny_net_learns(data, tmp_path):
     assert m.class_names == ["checker", "horizontal", "vertical"]
     assert m.input_convention.mean != vd.VERYDEEP.mean  # the training set's mean RGB (section 1)
     assert list((tmp_path / "r" / "tb").iterdir())  # TensorBoard events
+    prov = json.loads((tmp_path / "r" / "config.json").read_text())["_provenance"]
+    assert prov["verydeep"] == vd.__version__ and prov["precision"] == "fp32" and prov["torch"] == torch.__version__
+    assert m.card.name == "r" and m.card.train_scale == (37, 37) and m.card.origin == "verydeep"
 
 
 def test_plateau_schedule_on_a_scripted_sequence():
@@ -80,9 +83,12 @@ def test_plateau_schedule_on_a_scripted_sequence():
 
 
 def test_stage_presets_scale_with_the_crop():
-    assert stage_presets("scratch", 224, False) == {"scale_min": 256, "scale_max": 256, "lr": 1e-2}
-    assert stage_presets("s384", 64, True) == {"scale_min": 110, "scale_max": 110, "lr": 1e-3}
-    assert stage_presets("jitter", 64, True) == {"scale_min": 73, "scale_max": 146, "lr": 1e-3}
+    def s(**over):
+        cfg = make_config({"data": "x", **over})
+        return cfg.scale_min, cfg.scale_max, cfg.lr
+    assert s() == (256, 256, 1e-2)
+    assert s(stage="s384", finetune_from="a.pt", crop=64) == (110, 110, 1e-3)
+    assert s(stage="jitter", finetune_from="a.pt", crop=64) == (73, 146, 1e-3)
     cfg = make_config({"data": "x", "stage": "jitter", "finetune_from": "a.pt", "crop": 64})
     assert (cfg.scale_min, cfg.scale_max, cfg.lr) == (73, 146, 1e-3)
     assert make_config({"data": "x", "finetune_from": "a.pt"}).lr == 1e-3  # fine-tuning default
@@ -182,11 +188,12 @@ def test_init_from_net_a_and_finetune_stages(data, tmp_path):
 
 
 @pytest.mark.parametrize("text,suffix,match", [
-    ("lr = 0.01\nbatch_sise = 128\n", ".toml", "unknown config key 'batch_sise' \\(did you mean 'batch_size'\\?\\)"),
-    ("lr: fast\n", ".yaml", "config key 'lr': expected float, got 'fast'"),
-    ("max_epochs: 7.5\n", ".yaml", "config key 'max_epochs': expected int"),
+    ("lr = 0.01\nbatch_sise = 128\n", ".toml", "unknown option 'batch_sise' \\(did you mean 'batch_size'\\?\\)"),
+    ("lr: fast\n", ".yaml", "option 'lr': expected float, got 'fast'"),
+    ("max_epochs: 7.5\n", ".yaml", "option 'max_epochs': expected int"),
     ("[optim]\nlr = 0.1\n", ".toml", "is a table"),
-    ("precision = 'fp8'\n", ".toml", "precision must be fp32 or bf16"),
+    ("precision = 'fp8'\n", ".toml", "option 'precision': 'fp8' is not one of auto, fp32, bf16, int8"),
+    ("precision = 'int8'\n", ".toml", "precision must be auto, fp32 or bf16"),
     ("stage = 'jitter'\n", ".toml", "stage jitter fine-tunes a trained net"),
 ])
 def test_config_file_validation(tmp_path, text, suffix, match):

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 import verydeep as vd
-from verydeep.transforms import (BadImage, TrainTransform, decode, dense_views, grid_positions, multicrop_views,
-                                 random_crop_resized, rescale, scaled_size, to_model_input, to_uint8)
+from verydeep.transforms import (BadImage, TrainTransform, decode, grid_positions, random_crop_resized, rescale,
+                                 scaled_size, to_model_input, to_uint8)
 
 
 def jpeg(w, h, seed=0, quality=90, mode="RGB"):
@@ -119,24 +119,6 @@ def test_grid_positions_5x5():
     xs, ys = sorted({p[0] for p in pos}), sorted({p[1] for p in pos})
     assert xs == [0, 40, 80, 120, 160] and ys == [0, 16, 32, 48, 64]  # regular, corners included
     assert all(x + 224 <= 384 and y + 224 <= 288 for x, y in pos)
-
-
-def test_multicrop_50_per_scale_and_flips():
-    img = gradient(500, 375)
-    crops = multicrop_views(img, 256, 224)
-    assert len(crops) == 50 and all(c.size == (224, 224) for c in crops)
-    for a, b in zip(crops[:25], crops[25:]):
-        assert np.array_equal(np.asarray(a)[:, ::-1], np.asarray(b))
-    big = rescale(img, 256)
-    x, y = grid_positions(*big.size, 224)[7]
-    assert np.array_equal(np.asarray(crops[7]), np.asarray(big)[y:y + 224, x:x + 224])
-
-
-def test_dense_views_whole_image_and_mirror():
-    img = gradient(500, 375)
-    a, b = dense_views(img, 384)
-    assert a.size == (512, 384)
-    assert np.array_equal(np.asarray(a)[:, ::-1], np.asarray(b))
 
 
 def test_simplejpeg_decode_equals_pillow():

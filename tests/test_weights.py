@@ -68,7 +68,7 @@ def test_torchvision_pth_round_trip(tmp_path, name, wrap):
         sd = {"state_dict": sd, "epoch": 3}
     torch.save(sd, path, _use_new_zipfile_serialization=(wrap != "legacy"))
     assert detect_format(path) == "torchvision"
-    m = vd.vgg(name, weights=path).eval()
+    m = vd.load(path, name).eval()
     assert m.config == src.config  # classes, FC width, width and crop inferred from the file
     assert m.input_convention == vd.TORCHVISION
     x = torch.randn(2, 3, 64, 64)
@@ -77,7 +77,7 @@ def test_torchvision_pth_round_trip(tmp_path, name, wrap):
 
 def test_torchvision_preprocess_convention():
     m = tiny("vgg16")
-    m.input_convention = vd.TORCHVISION
+    m.card = m.card.but(preprocess=vd.TORCHVISION)
     x = torch.rand(1, 3, 8, 8)
     want = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
         1, 3, 1, 1)
@@ -93,17 +93,18 @@ def test_caffe_preprocess_convention():
 
 def test_native_round_trip_keeps_config_preprocess_and_labels(tmp_path):
     src = tiny("A-LRN")
-    src.input_convention = vd.Preprocess("RGB", 255.0, (120.0, 110.0, 100.0), (1.0, 1.0, 1.0))
-    src.class_names = [f"c{i}" for i in range(7)]
+    src.card = src.card.but(preprocess=vd.Preprocess("RGB", 255.0, (120.0, 110.0, 100.0), (1.0, 1.0, 1.0)),
+                            class_names=tuple(f"c{i}" for i in range(7)))
     vd.save(src, tmp_path / "a.safetensors")
     assert detect_format(tmp_path / "a.safetensors") == "verydeep"
     m = vd.load(tmp_path / "a.safetensors").eval()
+    assert m.card == src.card  # the whole card travels
     assert m.config == src.config and m.input_convention == src.input_convention
     assert m.class_names == src.class_names
     x = torch.rand(2, 3, 64, 64)
     assert torch.equal(m(m.preprocess(x)), src(src.preprocess(x)))
     with pytest.raises(vd.WeightsError, match="holds a A-LRN model, not D"):
-        vd.vgg("D", weights=tmp_path / "a.safetensors")
+        vd.load(tmp_path / "a.safetensors", "D")
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # atomic write left no temp file
 
 
@@ -113,14 +114,14 @@ def test_mismatch_names_the_layer_and_both_shapes(tmp_path):
     torch.save(sd, tmp_path / "w.pth")
     c = src.feature_channels
     with pytest.raises(vd.WeightsError) as e:
-        vd.vgg("vgg16", weights=tmp_path / "w.pth", crop_size=64)
+        vd.load(tmp_path / "w.pth", "vgg16", crop_size=64)
     assert str(e.value) == (f"{tmp_path / 'w.pth'}: fc6.weight: file has (32, {c * 9}), "
                             f"model expects (32, {c * 4})")
     with pytest.raises(vd.WeightsError, match="file has 13 conv layers, model E has 16"):
-        vd.vgg("E", weights=tmp_path / "w.pth")
+        vd.load(tmp_path / "w.pth", "E")
     with pytest.raises(vd.WeightsError, match="use a \\*_bn model"):
         torch.save(_tv_state_dict("vgg16_bn")[1], tmp_path / "bn.pth")
-        vd.vgg("vgg16", weights=tmp_path / "bn.pth")
+        vd.load(tmp_path / "bn.pth", "vgg16")
 
 
 def test_full_size_mismatch_message(tmp_path):
@@ -129,7 +130,7 @@ def test_full_size_mismatch_message(tmp_path):
     sd["classifier.0.weight"] = torch.zeros(4096, 9216)
     torch.save(sd, tmp_path / "w.pth")
     with pytest.raises(vd.WeightsError, match=r"fc6.weight: file has \(4096, 9216\), model expects \(4096, 25088\)"):
-        vd.vgg("D", weights=tmp_path / "w.pth", crop_size=224)
+        vd.load(tmp_path / "w.pth", "D", crop_size=224)
 
 
 class _Evil:
@@ -146,7 +147,7 @@ def test_pickle_code_is_never_executed(tmp_path, monkeypatch):
         torch.save(_Evil(), f)
     for p in ("evil.pth", "evil2.pth"):
         with pytest.raises(vd.WeightsError, match="not loaded: its pickle calls posix.system"):
-            vd.vgg("A", weights=p)
+            vd.load(p, "A")
     assert not os.path.exists("pwned")
 
 
@@ -161,15 +162,15 @@ def test_malformed_files_give_one_line_errors(tmp_path, content, match):
     p = tmp_path / "bad.bin"
     p.write_bytes(content)
     with pytest.raises(vd.WeightsError, match=match) as e:
-        vd.vgg("A", weights=p)
+        vd.load(p, "A")
     assert "\n" not in str(e.value) and str(p) in str(e.value)
 
 
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(vd.WeightsError, match="no such file"):
-        vd.vgg("A", weights=tmp_path / "nope.pth")
+        vd.load(tmp_path / "nope.pth", "A")
     with pytest.raises(vd.WeightsError, match="is a directory"):
-        vd.vgg("A", weights=tmp_path)
+        vd.load(tmp_path, "A")
 
 
 def test_nan_weights_rejected(tmp_path):
@@ -177,7 +178,7 @@ def test_nan_weights_rejected(tmp_path):
     sd["features.3.weight"][0, 0, 0, 0] = float("nan")
     torch.save(sd, tmp_path / "nan.pth")
     with pytest.raises(vd.WeightsError, match="conv2_1.weight: contains NaN"):
-        vd.vgg("A", weights=tmp_path / "nan.pth")
+        vd.load(tmp_path / "nan.pth", "A")
 
 
 def test_notop_files_need_strict_false(tmp_path):
@@ -185,8 +186,8 @@ def test_notop_files_need_strict_false(tmp_path):
     conv_only = {k: v for k, v in sd.items() if k.startswith("features")}
     torch.save(conv_only, tmp_path / "notop.pth")
     with pytest.raises(vd.WeightsError, match="no fully-connected layers"):
-        vd.vgg("A", weights=tmp_path / "notop.pth", num_classes=7, width=1 / 16)
-    m = vd.vgg("A", weights=tmp_path / "notop.pth", strict=False, num_classes=7, crop_size=64, fc_width=32)
+        vd.load(tmp_path / "notop.pth", "A", num_classes=7, width=1 / 16)
+    m = vd.load(tmp_path / "notop.pth", "A", strict=False, num_classes=7, crop_size=64, fc_width=32)
     assert torch.equal(m.layer("conv5_2").weight, src.layer("conv5_2").weight)
 
 
@@ -210,7 +211,7 @@ def test_h5_declaring_more_than_it_holds_is_refused_unread(tmp_path):
     assert path.stat().st_size < 10_000
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(vd.WeightsError, match="declares over 17,179,869,184 bytes of weights but is"):
-        vd.vgg("vgg16", weights=path)
+        vd.load(path, "vgg16")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing of 16 GiB read
 
 
@@ -224,13 +225,13 @@ def test_h5_data_outside_the_file_is_refused(tmp_path):
                          external=[(str(tmp_path / "secret.bin"), 0, 64)])
 
     with pytest.raises(vd.WeightsError, match="keeps its data outside the file"):
-        vd.vgg("vgg16", weights=_h5_with(tmp_path, external))
+        vd.load(_h5_with(tmp_path, external), "vgg16")
 
     def link(f, g):
         g["block1_conv1/kernel:0"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/x")
 
     with pytest.raises(vd.WeightsError, match="is a link to elsewhere"):
-        vd.vgg("vgg16", weights=_h5_with(tmp_path, link))
+        vd.load(_h5_with(tmp_path, link), "vgg16")
 
 
 def test_hdf5_with_a_layers_group_that_is_not_keras(tmp_path):
@@ -239,7 +240,7 @@ def test_hdf5_with_a_layers_group_that_is_not_keras(tmp_path):
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f.create_group("layers").create_dataset("vars", data=np.zeros(3))
     with pytest.raises(vd.WeightsError) as e:
-        vd.vgg("vgg16", weights=tmp_path / "x.h5")
+        vd.load(tmp_path / "x.h5", "vgg16")
     assert "\n" not in str(e.value)
 
 
@@ -259,7 +260,7 @@ def test_non_float_tensors_are_refused(tmp_path, dtype):
     sd["features.0.weight"] = sd["features.0.weight"].to(dtype)
     torch.save(sd, tmp_path / "w.pth")
     with pytest.raises(vd.WeightsError, match=f"conv1_1.weight: holds {dtype} values; weights are floating point"):
-        vd.vgg("A", weights=tmp_path / "w.pth")
+        vd.load(tmp_path / "w.pth", "A")
 
 
 def test_header_config_is_checked_before_the_model_is_allocated(tmp_path):
@@ -273,7 +274,7 @@ def test_header_config_is_checked_before_the_model_is_allocated(tmp_path):
     with safe_open(str(tmp_path / "a.safetensors"), "pt") as f:
         meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     header = json.loads(meta["verydeep"])
-    header["config"]["num_classes"], header["class_names"] = 10**9, None
+    header["card"]["config"]["num_classes"], header["card"]["class_names"] = 10**9, None
     save_file(sd, tmp_path / "b.safetensors", metadata={"verydeep": json.dumps(header)})
     with pytest.raises(vd.WeightsError, match=r"fc8.weight: file has \(7, 32\), model expects \(1000000000, 32\)"):
         vd.load(tmp_path / "b.safetensors")
@@ -285,7 +286,7 @@ def test_a_lrn_and_a_are_told_apart_where_the_file_says(tmp_path):
     with pytest.raises(vd.WeightsError, match="file holds a A model, not A-LRN"):
         vd.load_into(tiny("A-LRN"), tmp_path / "a.safetensors")
     with pytest.raises(vd.WeightsError, match="file holds a A model, not A-LRN"):
-        vd.vgg("A-LRN", weights=tmp_path / "a.safetensors")
+        vd.load(tmp_path / "a.safetensors", "A-LRN")
 
 
 def test_refused_pickle_is_named_in_one_line(tmp_path, monkeypatch):
@@ -293,7 +294,7 @@ def test_refused_pickle_is_named_in_one_line(tmp_path, monkeypatch):
     with open("evil.pth", "wb") as f:
         torch.save(_Evil(), f)
     with pytest.raises(vd.WeightsError) as e:
-        vd.vgg("A", weights="evil.pth")
+        vd.load("evil.pth", "A")
     msg = str(e.value)
     assert msg == ("evil.pth: not loaded: its pickle calls posix.system, which could run code; only tensors and "
                    "plain data are read")
@@ -304,3 +305,38 @@ def test_training_checkpoint_missing_keys(tmp_path):
     torch.save({"model_config": tiny("A").config.to_dict(), "model": tiny("A").state_dict()}, tmp_path / "c.pt")
     with pytest.raises(vd.WeightsError, match="malformed verydeep checkpoint header"):
         vd.load(tmp_path / "c.pt")
+
+
+@pytest.fixture
+def npz_format():
+    """A newcomer's weight format: numpy .npz with conv{i}.w/.b and fc{i}.w/.b in torch layouts, registered the one
+    way there is (a module in verydeep/weights would do the same at import)."""
+    from verydeep.weights import FORMATS
+    from verydeep.weights.base import Layer, Tensors, register
+
+    @register("npz-toy", detect=lambda head, path: path.suffix == ".npz", order=10)
+    def read(path):
+        with np.load(path) as z:
+            layers = lambda kind: [Layer(f"{kind}{i}", torch.from_numpy(z[f"{kind}{i}.w"]),  # noqa: E731
+                                         torch.from_numpy(z[f"{kind}{i}.b"]))
+                                   for i in range(sum(k.startswith(kind) for k in z.files) // 2)]
+            return Tensors("npz-toy", layers("conv"), layers("fc"))
+    yield "npz-toy"
+    FORMATS.pop("npz-toy")
+
+
+def test_a_registered_format_is_detected_and_loaded(tmp_path, npz_format):
+    src = tiny("A")
+    arrays = {}
+    for kind in ("conv", "fc"):
+        for i, (_, m) in enumerate(l for l in src.weight_layers() if l[0].startswith(kind)):
+            arrays[f"{kind}{i}.w"], arrays[f"{kind}{i}.b"] = m.weight.detach().numpy(), m.bias.detach().numpy()
+    np.savez(tmp_path / "w.npz", **arrays)
+    assert detect_format(tmp_path / "w.npz") == npz_format
+    m = vd.load(tmp_path / "w.npz", "A")
+    assert m.card.origin == npz_format
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(m(x), src(x))
+    with pytest.raises(vd.WeightsError, match="known: caffe, keras, npz-toy, torchvision, verydeep"):
+        (tmp_path / "x.bin").write_bytes(b"nothing known")
+        vd.load(tmp_path / "x.bin", "A")

@@ -102,7 +102,7 @@ def test_caffemodel_round_trip(tmp_path, name, fmt):
     src = tiny(name)
     path = tmp_path / "net.caffemodel"
     path.write_bytes(caffemodel(src, fmt))
-    m = vd.vgg(name, weights=path).eval()
+    m = vd.load(path, name).eval()
     assert m.config == src.config
     assert m.input_convention == vd.CAFFE
     for (n, a), (_, b) in zip(m.weight_layers(), src.weight_layers()):
@@ -123,10 +123,10 @@ def test_truncated_and_corrupt_caffemodels(tmp_path):
     p = tmp_path / "t.caffemodel"
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(vd.WeightsError, match="not a valid Caffe NetParameter"):
-        vd.vgg("vgg16", weights=p)
+        vd.load(p, "vgg16")
     p.write_bytes(b"\xff" * 64)
     with pytest.raises(vd.WeightsError, match="not a valid Caffe NetParameter"):
-        vd.vgg("vgg16", weights=p)
+        vd.load(p, "vgg16")
 
 
 def test_blob_shape_that_lies_is_refused_without_allocating(tmp_path):
@@ -136,7 +136,7 @@ def test_blob_shape_that_lies_is_refused_without_allocating(tmp_path):
     p = tmp_path / "lie.caffemodel"
     p.write_bytes(ld(NET_LAYER, layer))
     with pytest.raises(vd.WeightsError, match=r"shape \(1000000, 1000000\) needs 1000000000000 values, blob holds 4"):
-        vd.vgg("vgg16", weights=p)
+        vd.load(p, "vgg16")
 
 
 def test_unexpected_layer_with_weights(tmp_path):
@@ -144,7 +144,7 @@ def test_unexpected_layer_with_weights(tmp_path):
     p = tmp_path / "bn.caffemodel"
     p.write_bytes(ld(NET_LAYER, layer))
     with pytest.raises(vd.WeightsError, match="of type BatchNorm has weights"):
-        vd.vgg("vgg16", weights=p)
+        vd.load(p, "vgg16")
 
 
 @pytest.mark.parametrize("src,model,match", [
@@ -156,7 +156,7 @@ def test_wrong_architecture(tmp_path, src, model, match):
     p = tmp_path / "net.caffemodel"
     p.write_bytes(caffemodel(tiny(src), "v1"))
     with pytest.raises(vd.WeightsError, match=match):
-        vd.vgg(model, weights=p)
+        vd.load(p, model)
 
 
 def test_blob_dimensions_that_overflow_int64(tmp_path):
@@ -165,5 +165,5 @@ def test_blob_dimensions_that_overflow_int64(tmp_path):
     p = tmp_path / "big.caffemodel"
     p.write_bytes(ld(NET_LAYER, layer))
     with pytest.raises(vd.WeightsError, match=r"needs 21267647932558653966460912964485513216 values, blob holds 0"):
-        vd.vgg("vgg16", weights=p)
+        vd.load(p, "vgg16")
 

@@ -55,7 +55,7 @@ def compare(app, size, layout, tmp_path, classes):
     km = build(weights=None, input_shape=(size, size, 3), classes=classes, classifier_activation=None)
     path = tmp_path / ("w.weights.h5" if layout == "keras3" else "w.h5")
     save(km, path, layout)
-    m = vd.vgg(app, weights=path).eval()
+    m = vd.load(path, app).eval()
     assert m.config.num_classes == classes and m.config.crop_size == size
     assert m.input_convention == vd.CAFFE
     rng = np.random.default_rng(0)
@@ -89,8 +89,8 @@ def test_keras_notop_file_loads_conv_layers(tmp_path):
     km = keras.applications.VGG16(weights=None, include_top=False, input_shape=(64, 64, 3))
     write_distributed_layout(km, tmp_path / "notop.h5", "keras2")
     with pytest.raises(vd.WeightsError, match="strict=False"):
-        vd.vgg("vgg16", weights=tmp_path / "notop.h5")
-    m = vd.vgg("vgg16", weights=tmp_path / "notop.h5", strict=False, crop_size=64)
+        vd.load(tmp_path / "notop.h5", "vgg16")
+    m = vd.load(tmp_path / "notop.h5", "vgg16", strict=False, crop_size=64)
     k = km.get_layer("block5_conv3").get_weights()[0]
     assert np.array_equal(m.layer("conv5_3").weight.detach().numpy(), k.transpose(3, 2, 0, 1))
 
@@ -99,11 +99,11 @@ def test_keras_wrong_architecture(tmp_path):
     km = keras.applications.VGG16(weights=None, input_shape=(64, 64, 3), classes=5)
     save(km, tmp_path / "w.h5", "keras2")
     with pytest.raises(vd.WeightsError, match="file has 13 conv layers, model E has 16"):
-        vd.vgg("vgg19", weights=tmp_path / "w.h5")
+        vd.load(tmp_path / "w.h5", "vgg19")
 
 
 def test_hdf5_that_is_not_keras(tmp_path):
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f.create_dataset("data", data=np.zeros(3))
     with pytest.raises(vd.WeightsError, match="not a Keras weight file"):
-        vd.vgg("vgg16", weights=tmp_path / "x.h5")
+        vd.load(tmp_path / "x.h5", "vgg16")

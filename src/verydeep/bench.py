@@ -18,33 +18,50 @@ import statistics
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .fast import FastVGG, cpu_flags, resolve_precision
+from . import paper
+from .config import repeated
+from .errors import ConfigError
+from .fast import FastVGG
 from .models import model_config, multiply_adds, vgg
-from .train import optimizer_kwargs
+from .options import RunOptions
+from .precision import Precision, cpu_flags
+from .train import forward_backward, optimizer, update
 from .utils import keep_freed_memory
 
 SECTIONS = ("gemm", "inference", "peers", "train", "protocols", "parity")
 
 
 @dataclass
-class BenchConfig:
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    batches: list[int] = field(default_factory=lambda: [1, 8, 32])
-    repeats: int = 5
-    sections: list[str] = field(default_factory=lambda: [s for s in SECTIONS if s != "parity"])
-    train_batch: int = 32              # VGG-16 training step batch (the paper's is 256; memory permitting)
-    weights: list[str] = field(default_factory=list)   # parity: trained nets ...
-    data: str | None = None                              # ... and real images (a dataset folder)
-    parity_images: int = 500
-    compile: bool = True               # also measure the torch.compile'd chain (its first call per size compiles)
-    json: str | None = None
+class BenchConfig(RunOptions):
+    only: list[str] | None = None  # sections: gemm, inference, peers, train, protocols, parity (default: all but
+    # parity; with --weights and --data, all)
+    batches: list[int] = field(default_factory=lambda: [1, 8, 32])  # inference batch sizes
+    repeats: int = 5               # timed repeats after a warm-up (the median is reported)
+    train_batch: int = 32          # VGG-16 training-step batch (the paper's is 256; memory permitting)
+    weights: list[str] = repeated()  # parity: trained verydeep weights (repeat for several nets)
+    data: str | None = None        # parity: real images (a dataset folder; its test split when it has one)
+    parity_images: int = 500       # parity: images compared
+    compile: bool = True           # also time the torch.compile'd chain (it compiles once per input size)
+    json: str | None = None        # write every figure to this JSON file
+
+    @property
+    def sections(self) -> list[str]:
+        if self.only:
+            return list(self.only)
+        return [s for s in SECTIONS if s != "parity" or (self.weights and self.data)]
+
+    def __post_init__(self):
+        unknown = set(self.only or []) - set(SECTIONS)
+        if unknown:
+            raise ConfigError(f"--only {','.join(sorted(unknown))}: sections are {', '.join(SECTIONS)}")
+        if self.repeats < 1 or any(b < 1 for b in self.batches) or self.train_batch < 1:
+            raise ConfigError("--repeats, --batches and --train-batch must be at least 1")
 
 
 def machine(device: str) -> dict:
@@ -293,25 +310,23 @@ def inference(cfg: BenchConfig, runners: list[Runner], gemm: dict) -> list[dict]
 
 def train_step(name: str, crop: int, width: float, fc: int, batch: int, precision: str, repeats: int,
                device: str, gemm: dict) -> dict:
-    """One SGD step (momentum, weight decay, fused update) of a net on random crops, as the trainer runs it."""
+    """One SGD step (momentum, weight decay, fused update) of a net on random crops, through the trainer's own
+    step functions (train.forward_backward, train.update)."""
     torch.manual_seed(0)
     model = vgg(name, crop_size=crop, width=width, fc_width=fc, init="glorot").to(device)
     model = model.to(memory_format=torch.channels_last).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4,
-                          **optimizer_kwargs(device))
+    opt = optimizer(model.parameters(), 1e-3, 0.9, 5e-4, device)
+    policy = Precision.resolve(precision, device, training=True)
     x = torch.randn(batch, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), device=device)
 
     def step():
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = F.cross_entropy(model(x).float(), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        forward_backward(model, x, y, policy, 1.0 / batch)
+        update(opt)
 
     # A GEMM beside every step too: this machine's speed drifts 2x within minutes, so a ratio to the GEMM taken at
     # the start of the run says as much about the drift as about the step. Both ratios are reported.
-    ops = gemm_operands(torch.bfloat16 if precision == "bf16" else torch.float32, device)
+    ops = gemm_operands(policy.dtype, device)
     gemm_best(ops, 2, device)
     beside: list[float] = []
     t = timed(step, repeats, device, between=lambda: beside.append(gemm_best(ops, 3, device)))
@@ -363,7 +378,7 @@ def parity(cfg: BenchConfig) -> list[dict]:
     rows = []
     for w in cfg.weights:
         model = load(w)
-        q = model.train_scale[0] if model.train_scale else round(model.config.crop_size * 256 / 224)
+        q = model.train_scale[0] if model.train_scale else paper.default_test_scale(model.config.crop_size)
         evs = {p: Evaluator(model, cfg.device, 32, 0, p, progress=False) for p in ("fp32", "bf16", "int8")}
         evs["direct"] = Evaluator(model, cfg.device, 32, 0, "fp32", progress=False)
         evs["direct"].net = FastVGG(model, "fp32", cfg.device, winograd=False)
@@ -391,15 +406,16 @@ def _fmt(r: dict) -> str:
 
 
 def run(cfg: BenchConfig) -> dict:
-    unknown = set(cfg.sections) - set(SECTIONS)
-    if unknown:
-        from .errors import UserError
-        raise UserError(f"--only {','.join(sorted(unknown))}: sections are {', '.join(SECTIONS)}")
-    dev = cfg.device
+    """`verydeep bench`."""
+    from .provenance import provenance
+
+    device, _ = cfg.runtime()
+    dev = str(device)
+    cfg = replace(cfg, device=dev)  # "auto" resolved, once
     info = machine(dev)
     print(f"machine: {info['cpu']}" + (f", {info['gpu']}" if "gpu" in info else "") +
           f"; {info['cores']} cores, {info['threads']} threads, torch {info['torch']}; "
-          f"auto precision here: {resolve_precision('auto', dev)}; malloc {info['malloc']}", flush=True)
+          f"auto precision here: {Precision.resolve('auto', dev).name}; malloc {info['malloc']}", flush=True)
     gemm = {"fp32": gemm_gflops(torch.float32, dev), "bf16": gemm_gflops(torch.bfloat16, dev)}
     print(f"gemm      same-run GEMM rate: fp32 {gemm['fp32']:.1f} GFLOP/s, bf16 {gemm['bf16']:.1f} GFLOP/s",
           flush=True)
@@ -429,7 +445,8 @@ def run(cfg: BenchConfig) -> dict:
     summary = _summary(rows)
     for line in summary:
         print(line)
-    result = {"machine": info, "gemm_gflops": gemm, "rows": rows, "summary": summary, "config": asdict(cfg)}
+    result = {"machine": info, "gemm_gflops": gemm, "rows": rows, "summary": summary, "config": asdict(cfg),
+              "provenance": provenance(dev)}
     if cfg.json:
         Path(cfg.json).write_text(json.dumps(result, indent=1))
         print(f"wrote {cfg.json}")

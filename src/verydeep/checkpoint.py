@@ -28,7 +28,7 @@ BEST = "best.pt"
 RUN_CONFIG = "config.json"
 # What a training checkpoint must hold to resume from it.
 REQUIRED = ("model", "optimizer", "schedule", "epoch", "step_in_epoch", "global_step", "partial", "rng", "config",
-            "records", "best_acc", "best_step", "model_config", "preprocess", "class_names")
+            "records", "best_acc", "best_step", "card")
 # What a run directory holds besides its config: a new run in it would mix with them.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "tb", "model.safetensors", "curves.png")
 

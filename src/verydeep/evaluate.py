@@ -1,5 +1,6 @@
-"""The paper's test protocols (PAPER.md section 3) and its tables' measures (section 5).
+"""The paper's test protocols (PAPER.md section 3), its tables' measures (section 5), and `verydeep evaluate`.
 
+Protocols are registered (`register_protocol`); every command, the study and its report take them from the registry:
 center:          smallest side rescaled to Q, one central crop (the peers' protocol, for comparison)
 dense:           the whole image at Q through the fully-convolutional net; the class score map is averaged
                  spatially, soft-maxed, and averaged with the flipped image's posteriors
@@ -8,7 +9,7 @@ dense+multicrop: the average of the two (Table 5)
 Several scales Q: posteriors averaged over scales (Table 4). Several nets: posteriors averaged (fusion, Table 6).
 
 Each image is decoded once and rescaled once per scale (in DataLoader workers); the central crop, the dense input
-and the 50 crops are all cut from that one tensor. Dense batches group images of equal rescaled size."""
+and the crops are all cut from that one tensor. Dense batches group images of equal rescaled size."""
 from __future__ import annotations
 
 import csv
@@ -19,26 +20,74 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from . import paper
+from .config import repeated
 from .data.loader import Skip, _worker_init
 from .data.sources import Source
 from .errors import ConfigError, UserError
 from .models import VGG
-from .transforms import as_rgb, grid_positions, rescale, to_tensor, to_uint8
+from .options import NetOptions, RunOptions
+from .transforms import as_rgb, grid_positions, rescale, to_uint8
 
 log = logging.getLogger("verydeep")
-PROTOCOLS = ("center", "dense", "multicrop", "dense+multicrop")
-BASE = ("center", "dense", "multicrop")
 
 
-def parts(protocol: str) -> tuple[str, ...]:
-    """The base protocols a protocol averages (Table 5: dense+multicrop is the mean of the two)."""
-    return ("dense", "multicrop") if protocol == "dense+multicrop" else (protocol,)
+# --------------------------------------------------------------------------------------------------- protocols
+@dataclass(frozen=True)
+class Protocol:
+    """A test protocol: crops of each rescaled image (`views`: uint8 (3, H, W) and the crop size -> (M, 3, C, C),
+    posteriors averaged over the M), the whole image through the score map (`dense`), or the mean of other
+    protocols' posteriors (`parts`)."""
+    name: str
+    paper: str                                                    # where the paper defines or uses it
+    views: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    dense: bool = False
+    parts: tuple[str, ...] = ()
+
+    def base(self) -> tuple[str, ...]:
+        return self.parts or (self.name,)
+
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register_protocol(protocol: Protocol) -> Protocol:
+    """Make a protocol known to `predict`, `evaluate`, the study and its report."""
+    if bool(protocol.views) + protocol.dense + bool(protocol.parts) != 1:
+        raise ValueError(f"protocol {protocol.name}: give exactly one of views, dense, parts")
+    unknown = [p for p in protocol.parts if p not in PROTOCOLS or PROTOCOLS[p].parts]
+    if unknown:
+        raise ValueError(f"protocol {protocol.name}: parts must be registered single protocols, not {unknown}")
+    PROTOCOLS[protocol.name] = protocol
+    return protocol
+
+
+def protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ConfigError(f"--protocol {name!r}: choose from {', '.join(PROTOCOLS)} or all")
+    return PROTOCOLS[name]
+
+
+def parse_protocols(text: str) -> list[str]:
+    """'all', or a comma-separated list of registered protocols."""
+    names = list(PROTOCOLS) if text == "all" else [p.strip() for p in text.split(",") if p.strip()]
+    for n in names:
+        protocol(n)
+    if not names:
+        raise ConfigError("--protocol: give at least one protocol")
+    return names
+
+
+def parts(name: str) -> tuple[str, ...]:
+    """The single protocols a protocol averages (Table 5: dense+multicrop is the mean of the two)."""
+    return protocol(name).base()
 
 
 def center_view(big: torch.Tensor, crop: int) -> torch.Tensor:
@@ -51,33 +100,29 @@ def center_view(big: torch.Tensor, crop: int) -> torch.Tensor:
 def grid_views(big: torch.Tensor, crop: int) -> torch.Tensor:
     """The 5x5 grid of CxC crops of a uint8 (3, H, W) image and their mirrors: (50, 3, C, C)."""
     h, w = big.shape[1:]
-    views = torch.stack([big[:, y:y + crop, x:x + crop] for x, y in grid_positions(w, h, crop)])
+    views = torch.stack([big[:, y:y + crop, x:x + crop] for x, y in grid_positions(w, h, crop, paper.GRID)])
     return torch.cat([views, views.flip(3)])
 
 
-def auto_scales(train_scale: tuple[int, int] | None, crop: int, multi: bool) -> list[int]:
-    """The paper's test scales from the training scale (section 5): single, Q = S or 0.5 (Smin + Smax) (Table 3);
-    multiple, {S - 32, S, S + 32} or {Smin, 0.5 (Smin + Smax), Smax} (Table 4). 32 is for 224 crops and scales
-    with the crop."""
-    if train_scale is None:
-        raise UserError("--scales auto needs the net's training scale: a verydeep checkpoint or weights file "
-                        "records it; otherwise give --scales 256,384,512 or --train-scale S[,Smax]")
-    smin, smax = train_scale
-    mid = (smin + smax) // 2
-    if not multi:
-        return [mid]
-    if smin == smax:
-        d = round(32 * crop / 224)
-        return [max(crop, smin - d), smin, smin + d]
-    return [smin, mid, smax]
+register_protocol(Protocol("center", "the peers' single central crop (for comparison)", views=center_view))
+register_protocol(Protocol("dense", "section 3: dense evaluation, flip-averaged", dense=True))
+register_protocol(Protocol("multicrop", "section 3: 5x5 grid x 2 flips, 50 crops per scale", views=grid_views))
+register_protocol(Protocol("dense+multicrop", "Table 5: the two averaged", parts=("dense", "multicrop")))
 
 
+# --------------------------------------------------------------------------------------------------- scales
 def parse_scales(text: str | None, model: VGG, train_scale=None) -> list[int]:
+    """Test scales Q: given ("256,384"), or the paper's rules from the training scale ("auto": Table 3's Q,
+    "auto-multi": Table 4's three), or 256 at a 224 crop by default."""
     crop = model.config.crop_size
     if not text:
-        return [round(crop * 256 / 224)]
+        return [paper.default_test_scale(crop)]
     if text in ("auto", "auto-multi"):
-        return auto_scales(train_scale or getattr(model, "train_scale", None), crop, text == "auto-multi")
+        s = train_scale or model.train_scale
+        if s is None:
+            raise UserError("--scales auto needs the net's training scale: a verydeep checkpoint or weights file "
+                            "records it; otherwise give --scales 256,384,512 or --train-scale S[,Smax]")
+        return paper.test_scales((s[0], s[-1]), crop, text == "auto-multi")
     try:
         scales = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -162,7 +207,7 @@ class Evaluator:
     """Runs one net over a source with the requested protocols and scales."""
 
     def __init__(self, model: VGG, device: str | torch.device = "cpu", batch_size: int = 32, workers: int = 2,
-                 precision: str = "auto", progress: bool = True):
+                 precision: object = "auto", progress: bool = True):
         from .fast import FastVGG
 
         self.model = model.eval().to(device)
@@ -193,9 +238,11 @@ class Evaluator:
         return p.cpu()
 
     def run(self, source: Source, protocols: list[str], scales: list[int]) -> Posteriors:
+        """Posteriors of every image for the single protocols the given ones need, at every scale. The progress
+        bar counts finished results, so it reaches the end when the work does."""
         from tqdm import tqdm
 
-        base = sorted({b for p in protocols for b in parts(p)}, key=BASE.index)
+        base = list(dict.fromkeys(b for p in protocols for b in parts(p)))
         crop, n, classes = self.model.config.crop_size, len(source), self.model.config.num_classes
         probs = {(p, q): np.zeros((n, classes), np.float32) for p in base for q in scales}
         labels = np.full(n, -1, np.int64)
@@ -204,15 +251,19 @@ class Evaluator:
         loader = DataLoader(ScaledImages(source, scales), batch_size=1, collate_fn=_first,
                             num_workers=self.workers, worker_init_fn=_worker_init,
                             prefetch_factor=8 if self.workers else None)
-        buckets: dict = defaultdict(list)   # (Q, H, W) -> [(index, uint8 image)]
-        pending: list = []                  # (index, Q, uint8 crops) for center / multicrop
+        buckets: dict = defaultdict(list)   # (Q, H, W) -> [(index, uint8 image)] for dense
+        pending: list = []                  # (index, Q, protocol, uint8 crops) for the crop protocols
         skipped = []
+        per_image = len(base) * len(scales)
+        bar = tqdm(total=n * per_image, unit="result", desc="evaluate", disable=not self.progress,
+                   dynamic_ncols=True, mininterval=1.0)
 
         def flush_dense(key, force=False):
             items = buckets[key]
             if items and (force or len(items) >= self.batch_size):
                 p = self.dense_posteriors(torch.stack([im for _, im in items]))
                 probs[("dense", key[0])][[i for i, _ in items]] = p.numpy()
+                bar.update(len(items))
                 buckets[key] = []
 
         def flush_crops(force=False):
@@ -223,29 +274,27 @@ class Evaluator:
             for i, q, proto, c in pending:
                 probs[(proto, q)][i] = p[k:k + len(c)].mean(0).numpy()
                 k += len(c)
+            bar.update(len(pending))
             pending.clear()
 
-        bar = tqdm(total=n, unit="img", desc="evaluate", disable=not self.progress, dynamic_ncols=True,
-                   mininterval=1.0)
         t0 = time.perf_counter()
         for item in loader:
-            bar.update(1)
             if isinstance(item, Skip):
                 skipped.append(item)
                 log.warning("%s: skipped (%s)", item.path, item.detail or item.reason)
+                bar.update(per_image)
                 continue
             i, label, per_scale = item
             labels[i], valid[i], paths[i] = label, True, source.path(i)
             for q in scales:
                 big = per_scale[q]
-                h, w = big.shape[1:]
-                if "dense" in base:
-                    buckets[(q, h, w)].append((i, big))
-                    flush_dense((q, h, w))
-                if "center" in base:
-                    pending.append((i, q, "center", center_view(big, crop)))
-                if "multicrop" in base:
-                    pending.append((i, q, "multicrop", grid_views(big, crop)))
+                for name in base:
+                    if PROTOCOLS[name].dense:
+                        key = (q, *big.shape[1:])
+                        buckets[key].append((i, big))
+                        flush_dense(key)
+                    else:
+                        pending.append((i, q, name, PROTOCOLS[name].views(big, crop)))
             flush_crops()
         for key in list(buckets):
             flush_dense(key, force=True)
@@ -253,7 +302,7 @@ class Evaluator:
         bar.close()
         self.seconds = time.perf_counter() - t0
         if skipped:
-            log.warning("%d of %d images unreadable: excluded from the measures", len(skipped), n)
+            log.warning("%d of %d images unusable: excluded from the measures", len(skipped), n)
         return Posteriors(labels, probs, valid, paths)
 
 
@@ -288,22 +337,23 @@ class Row:
     images: int
     mean_class_accuracy: float
     seconds_per_image: float | None = None
+    precision: str = "-"
 
     def as_dict(self) -> dict:
         return {"net": self.net, "train S": self.train_scale, "test Q": self.test_scales, "protocol": self.protocol,
                 "top-1 err (%)": round(100 * self.top1, 2), "top-5 err (%)": round(100 * self.top5, 2),
                 "top-1 acc (%)": round(100 * (1 - self.top1), 2), "mean class acc (%)":
-                    round(100 * self.mean_class_accuracy, 2), "images": self.images,
+                    round(100 * self.mean_class_accuracy, 2), "images": self.images, "precision": self.precision,
                 "s/img": None if self.seconds_per_image is None else round(self.seconds_per_image, 4)}
 
 
 def measure(post_probs: np.ndarray, post: Posteriors, net: str, train_scale: str, scales: list[int],
-            protocol: str, seconds: float | None = None) -> Row:
+            protocol: str, seconds: float | None = None, precision: str = "-") -> Row:
     v = post.valid
     probs, labels = post_probs[v], post.labels[v]
     mca = float(np.nanmean(per_class_accuracy(probs, labels, probs.shape[1]))) if len(labels) else float("nan")
     return Row(net, train_scale, ",".join(map(str, scales)), protocol, topk_error(probs, labels, 1),
-               topk_error(probs, labels, 5), int(v.sum()), mca, seconds)
+               topk_error(probs, labels, 5), int(v.sum()), mca, seconds, precision)
 
 
 def format_table(rows: list[Row], fmt: str = "text") -> str:
@@ -331,72 +381,136 @@ def format_table(rows: list[Row], fmt: str = "text") -> str:
     return "\n".join(lines)
 
 
-def train_scale_text(model: VGG) -> str:
-    s = getattr(model, "train_scale", None)
-    if not s:
-        return "?"
-    return str(s[0]) if s[0] == s[1] else f"[{s[0]};{s[1]}]"
-
-
 # --------------------------------------------------------------------------------------------------- one image
 @torch.inference_mode()
-def predict_image(model: VGG, img: Image.Image, protocol: str = "dense", scales: list[int] | None = None,
-                  precision: str = "auto", evaluator: Evaluator | None = None) -> torch.Tensor:
+def predict_image(model: VGG, img: Image.Image, protocol_name: str = "dense", scales: list[int] | None = None,
+                  precision: object = "auto", evaluator: Evaluator | None = None) -> torch.Tensor:
     """Soft-max posteriors (classes,) for one RGB image under a protocol, averaged over scales. Pass an
     `evaluator` to reuse its prepared net over many images."""
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
+    base = parts(protocol_name)
     crop = model.config.crop_size
-    scales = scales or [round(crop * 256 / 224)]
+    scales = scales or [paper.default_test_scale(crop)]
     ev = evaluator or Evaluator(model, next(model.parameters()).device, batch_size=16, workers=0,
                                 precision=precision, progress=False)
-    base = parts(protocol)
     out = []
     for q in scales:
         if q < crop:
             raise ConfigError(f"test scale {q} is smaller than the {crop} crop")
         big = to_uint8(rescale(img, q))
-        for p in base:
-            if p == "dense":
+        for name in base:
+            if PROTOCOLS[name].dense:
                 out.append(ev.dense_posteriors(big[None])[0])
-            elif p == "center":
-                out.append(ev.crops_posteriors(center_view(big, crop))[0])
             else:
-                out.append(ev.crops_posteriors(grid_views(big, crop)).mean(0))
+                out.append(ev.crops_posteriors(PROTOCOLS[name].views(big, crop)).mean(0))
     return torch.stack(out).view(len(scales), len(base), -1).mean((0, 1))
 
 
-def explain(model: VGG, img: Image.Image, out: Path, scale: int | None = None, names: list[str] | None = None) -> dict:
-    """A PNG of the image with the dense class score map of the top class overlaid: where the net looks."""
-    import matplotlib
+# --------------------------------------------------------------------------------------------------- the command
+@dataclass
+class EvalConfig(NetOptions, RunOptions):
+    data: str = ""                 # dataset: a folder (its --split), a labels-file folder, tar shards, or
+    # fashion-mnist:test
+    split: str = "val"             # the split of a folder holding train/, val/, test/
+    protocol: str = "dense"        # center, dense, multicrop, dense+multicrop or any registered protocol (comma-
+    # separated), or all
+    scales: str | None = None      # test scales Q: 256,384,512, or auto / auto-multi (the paper's rules from the
+    # training scale; default: 256 at a 224 crop)
+    train_scale: list[int] | None = None  # S or Smin,Smax, for --scales auto when the weights do not record it
+    per_scale: bool = False        # also a row per single scale
+    fuse: list[str] = repeated()   # posteriors files (.npz) of earlier evaluations to fuse with the nets
+    posteriors: str | None = None  # write per-image posteriors (.npz) for later fusion
+    out: str | None = None         # write the table as OUT.md, OUT.csv and OUT.json
+    limit: int | None = None       # evaluate a seeded, class-stratified sample of this many images
+    seed: int = 0                  # seed of the --limit sample
+    batch_size: int = 32           # images per dense batch (crops: 4 times as many)
+    workers: int = 2               # decoding processes
+    progress: bool = True          # progress bar
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    crop = model.config.crop_size
-    q = scale or round(crop * 256 / 224)
-    big = rescale(img, q)
-    with torch.inference_mode():
-        x = model.preprocess(to_tensor(big)[None])
-        smap = model.eval().score_map(x)[0]                       # (classes, h, w)
-        probs = smap.mean((1, 2)).softmax(0)
-        top = int(probs.argmax())
-        heat = smap.softmax(0)[top].numpy()                        # per-location posterior of the top class
-    fig, ax = plt.subplots(figsize=(7, 7 * big.size[1] / big.size[0]))
-    ax.imshow(big)
-    # Each score-map cell sees a crop-sized window at a 32-pixel stride: centre the cells on their windows.
-    h, w = heat.shape
-    stride = 32
-    extent = (crop / 2 - stride / 2, crop / 2 + (w - 1) * stride + stride / 2,
-              crop / 2 + (h - 1) * stride + stride / 2, crop / 2 - stride / 2)
-    im = ax.imshow(heat, cmap="jet", alpha=0.45, extent=extent, interpolation="bilinear", vmin=0, vmax=1)
-    label = names[top] if names else str(top)
-    ax.set_title(f"{label}: p = {float(probs[top]):.3f} (dense, Q = {q}; map {h}x{w})")
-    ax.set_xlim(0, big.size[0])
-    ax.set_ylim(big.size[1], 0)
-    ax.axis("off")
-    fig.colorbar(im, ax=ax, fraction=0.03, label="P(top class) per location")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return {"class": top, "name": label, "probability": float(probs[top]), "map": [h, w], "png": str(out)}
+def net_name(model: VGG, path: str) -> str:
+    """How a table names a net: its card's name, else the file's (its folder's when the file is model.*)."""
+    p = Path(path)
+    return model.card.name or (p.parent.name if p.stem in ("model", "best") and p.parent.name else p.stem)
+
+
+def write_table(rows: list[Row], out: str | Path, provenance: dict) -> list[Path]:
+    out = Path(out)
+    paths = [out.with_suffix(".md"), out.with_suffix(".csv"), out.with_suffix(".json")]
+    from .utils import atomic_write
+
+    atomic_write(paths[0], lambda t: Path(t).write_text(format_table(rows, "markdown") + "\n"))
+    atomic_write(paths[1], lambda t: Path(t).write_text(format_table(rows, "csv")))
+    doc = {"rows": [r.as_dict() for r in rows], "provenance": provenance}
+    atomic_write(paths[2], lambda t: Path(t).write_text(json.dumps(doc, indent=1) + "\n"))
+    return paths
+
+
+def fuse(posts: list[Posteriors], names: list[str], protocols: list[str]) -> list[Row]:
+    """Table 6: the nets' posteriors averaged, per protocol, each net over the scales it was evaluated at."""
+    base = posts[0]
+    if any(len(p.labels) != len(base.labels) or (p.labels != base.labels).any() for p in posts):
+        raise UserError("fusion needs posteriors of the same images in the same order")
+    rows = []
+    for name in protocols:
+        members = []
+        for post in posts:
+            qs = sorted({q for (pp, q) in post.probs if pp in parts(name)})
+            if not qs:
+                raise UserError(f"fusion: a member has no {name} posteriors")
+            members.append(post.combine(name, qs))
+        rows.append(measure(np.mean(members, 0), base, "fusion(" + "+".join(names) + ")", "-", [], name))
+    return rows
+
+
+def run(cfg: EvalConfig) -> list[Row]:
+    """`verydeep evaluate`: the protocols over a dataset for each net, fused when there are several; the table in
+    the terminal and, with --out, as Markdown, CSV and JSON (with provenance)."""
+    from .data import open_source, sample
+    from .provenance import provenance
+
+    device, policy = cfg.runtime()
+    protocols = parse_protocols(cfg.protocol)
+    posts = [Posteriors.load(p) for p in cfg.fuse]
+    names = [Path(p).stem for p in cfg.fuse]
+    rows: list[Row] = []
+    source = None
+    if cfg.weights:
+        if not cfg.data:
+            raise UserError("give --data (a dataset folder, labels-file folder, shards or fashion-mnist:test)")
+        source = open_source(cfg.data, split=cfg.split)
+        if cfg.limit:
+            source = sample(source, cfg.limit, cfg.seed)
+    train_scale = tuple(cfg.train_scale) if cfg.train_scale else None
+    for w, model in zip(cfg.weights, cfg.nets() if cfg.weights else []):
+        if model.config.num_classes != len(source.classes):
+            raise UserError(f"{w}: a {model.config.num_classes}-class net, {cfg.data} has "
+                            f"{len(source.classes)} classes")
+        if model.class_names and list(model.class_names) != list(source.classes) and \
+                set(model.class_names) == set(source.classes):
+            raise UserError(f"{w}: class order differs from {cfg.data}'s")
+        scales = parse_scales(cfg.scales, model, train_scale)
+        ev = Evaluator(model, device, cfg.batch_size, cfg.workers, policy, progress=cfg.progress)
+        post = ev.run(source, protocols, scales)
+        name = net_name(model, w)
+        names.append(name)
+        per_image = ev.seconds / max(int(post.valid.sum()), 1) if len(protocols) == 1 else None
+        s_text = paper.scale_text(model.train_scale or train_scale)
+        for p in protocols:
+            rows.append(measure(post.combine(p, scales), post, name, s_text, scales, p, per_image, ev.precision))
+            if len(scales) > 1 and cfg.per_scale:
+                rows += [measure(post.combine(p, [q]), post, name, s_text, [q], p, precision=ev.precision)
+                         for q in scales]
+        if cfg.posteriors:
+            out = Path(cfg.posteriors if len(cfg.weights) == 1 else f"{cfg.posteriors}.{name}.npz")
+            post.save(out)
+            print(f"wrote per-image posteriors to {out}")
+        posts.append(post)
+    if len(posts) > 1:
+        rows += fuse(posts, names, protocols)
+    if not rows:
+        raise UserError("nothing to evaluate: give --weights (and --data), or --fuse posteriors files")
+    print(format_table(rows, "text"))
+    if cfg.out:
+        paths = write_table(rows, cfg.out, provenance(device, policy))
+        print(f"wrote {', '.join(map(str, paths))}")
+    return rows

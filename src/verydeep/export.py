@@ -8,13 +8,15 @@ import io
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .models import VGG
+from .options import NetOptions
 from .utils import atomic_write
 
 GRAPHS = ("logits", "score_map")
@@ -36,7 +38,7 @@ def export_onnx(model: VGG, path: str | os.PathLike, graph: str = "logits", with
     """Write an ONNX graph. graph="logits": input (N, C, crop, crop) -> (N, classes). graph="score_map": input
     (N, C, H, W), H, W >= crop -> (N, classes, h, w). with_preprocess bakes model.preprocess in (input RGB in [0, 1])."""
     if graph not in GRAPHS:
-        raise ConfigError(f"unknown graph {graph!r}; choose one of {GRAPHS}")
+        raise ConfigError(f"--graph {graph!r}: choose one of {', '.join(GRAPHS)}")
     path = Path(path)
     model = model.eval()
     crop = model.config.crop_size
@@ -72,3 +74,36 @@ def check_onnx(model: VGG, path: str | os.PathLike, x: torch.Tensor, graph: str 
     with torch.inference_mode():
         want = _Graph(model.eval(), graph, with_preprocess)(x)
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+@dataclass
+class ExportConfig(NetOptions):
+    out: str = ""                  # FILE.onnx (checked with ONNX Runtime) or FILE.safetensors (verydeep's format)
+    graph: str = "logits"          # logits (a fixed crop) or score_map (dense: any size at least the crop)
+    with_preprocess: bool = False  # bake the preprocessing in: the graph takes RGB in [0, 1]
+
+
+def run(cfg: ExportConfig) -> Path:
+    """`verydeep export`: a net to ONNX, checked against PyTorch with ONNX Runtime, or to verydeep's format."""
+    from .weights import save
+
+    out = Path(cfg.out)
+    if out.suffix not in (".onnx", ".safetensors"):
+        raise UserError(f"{out}: choose an output ending in .onnx or .safetensors")
+    model = cfg.net().eval()
+    if out.suffix == ".safetensors":
+        save(model, out)
+        print(f"wrote {out} (verydeep format: safetensors weights + the model card)")
+        return out
+    export_onnx(model, out, graph=cfg.graph, with_preprocess=cfg.with_preprocess)
+    crop = model.config.crop_size
+    size = (crop, crop) if cfg.graph == "logits" else (crop + 32, crop + 96)
+    x = torch.rand(2, model.config.in_channels, *size)
+    if not cfg.with_preprocess:
+        x = model.preprocess(x)
+    err = check_onnx(model, out, x, cfg.graph, cfg.with_preprocess)
+    print(f"wrote {out} ({cfg.graph} graph); ONNX Runtime vs PyTorch on {tuple(x.shape)}: "
+          f"max relative difference {err:.2e}")
+    if err > 1e-3:
+        raise UserError(f"{out}: ONNX Runtime disagrees with PyTorch (relative difference {err:.2e})")
+    return out

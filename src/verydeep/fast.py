@@ -25,56 +25,17 @@ import math
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import ConfigError, UserError
 from .models import VGG, check_memory
+from .paper import pooled_size
+from .precision import Precision, mkldnn_ok
 from .utils import keep_freed_memory
 
 log = logging.getLogger("verydeep")
-
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def _mkldnn_ok() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-
-
-def best_precision(device: str | torch.device = "cpu") -> str:
-    """What "auto" means on this device: native bf16 hardware gets bf16, anything else fp32."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu" and _mkldnn_ok() and cpu_flags() & {"amx_bf16", "avx512_bf16"}:
-        return "bf16"
-    return "fp32"
-
-
-def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return best_precision(device)
-    if precision == "int8" and torch.device(device).type != "cpu":
-        raise UserError("--precision int8 runs on the CPU only (PyTorch's x86 quantisation); use bf16 on "
-                        f"{torch.device(device).type}")
-    return precision
-
 
 # ---------------------------------------------------------------------------------------------------- the chain
 @dataclass
@@ -187,7 +148,7 @@ def chain(model: VGG, upto: str | None = None) -> list[Conv | Op]:
             last.bias = (last.bias - m.running_mean.float()) * scale + m.bias.detach().float()
         elif isinstance(m, nn.ReLU) and isinstance(last, Conv) and not last.relu:
             last.relu = True
-        elif isinstance(m, nn.Dropout) or type(m).__name__ == "KeyedDropout":
+        elif isinstance(m, nn.Dropout):  # KeyedDropout included: the identity at test time
             pass
         elif isinstance(m, nn.ReLU):
             steps.append(Op(nn.ReLU()))
@@ -219,10 +180,11 @@ class FastVGG:
     earlier); ``net(x)`` takes crops and returns (N, classes) logits, like ``VGG.forward``. ``winograd=False`` keeps
     fp32 on direct convolutions (the exact reference the benchmark's parity rows compare with)."""
 
-    def __init__(self, model: VGG, precision: str = "auto", device: str | torch.device | None = None,
+    def __init__(self, model: VGG, precision: str | Precision = "auto", device: str | torch.device | None = None,
                  upto: str | None = None, compile: bool = False, winograd: bool = True):
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.precision = resolve_precision(precision, self.device)
+        self.policy = Precision.resolve(precision, self.device)
+        self.precision = self.policy.name
         keep_freed_memory()  # activations are allocated anew on every call: reuse them, no page faults (utils.py)
         self.crop, self.upto, self.preprocess = model.config.crop_size, upto, model.preprocess
         self.config = model.config
@@ -231,7 +193,7 @@ class FastVGG:
         if self.precision == "int8":
             self._backend = "int8"
             return
-        if self.device.type == "cpu" and _mkldnn_ok() and not compile:
+        if self.device.type == "cpu" and mkldnn_ok() and not compile:
             self._backend = "onednn"
             self._pack(winograd)
         else:
@@ -246,7 +208,27 @@ class FastVGG:
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+        return self.policy.dtype
+
+    def kernels(self) -> list[str]:
+        """What runs each step of the chain: "winograd", "onednn" (fused convolution), "int8", "eager" or the name of
+        a kept layer ("MaxPool2d", ...): for tests and the curious."""
+        if self._backend == "int8":
+            return ["int8"]
+        if self._backend == "eager":
+            return ["eager"]
+        return ["winograd" if isinstance(op, Winograd) else "onednn" if isinstance(op, tuple) else type(op).__name__
+                for op in self._ops]
+
+    @property
+    def packed_sizes(self) -> int:
+        """How many input sizes the bf16 weights are packed for now (at most 2: bf16 kernels pick their layout by
+        size)."""
+        return len(getattr(self, "_by_shape", {}))
+
+    @property
+    def calibrated(self) -> bool:
+        return self._quant is not None
 
     def _pack(self, winograd: bool) -> None:
         self._ops = []
@@ -282,7 +264,7 @@ class FastVGG:
                 if shape and isinstance(op, nn.MaxPool2d):
                     k, st = op.kernel_size, op.stride
                     k, st = (k if isinstance(k, int) else k[0]), (st if isinstance(st, int) else st[0])
-                    h, w = (h - k) // st + 1, (w - k) // st + 1
+                    h, w = pooled_size(h, k, st, op.ceil_mode), pooled_size(w, k, st, op.ceil_mode)
         return out
 
     def _onednn(self, x: torch.Tensor) -> torch.Tensor:
@@ -308,7 +290,7 @@ class FastVGG:
         from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-        if self.precision != "int8" or self.steps is None:
+        if self.precision != "int8" or self._quant is not None:
             raise ValueError("calibrate() applies once, to a net prepared with precision int8")
         seq = _as_sequential(self.steps)
         act = MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=False)  # VNNI: no overflow, full range

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import paper
 from .data.sources import Source
 from .errors import ConfigError, UserError
 from .fast import FastVGG
 from .models import VGG
+from .options import NetOptions, RunOptions
 from .transforms import BadImage, as_rgb, rescale, to_uint8
 
 log = logging.getLogger("verydeep")
@@ -55,7 +58,7 @@ def dimension(models: list[VGG], scales: list[int], layer: str, aggregate: str) 
 
 
 def extract(models: list[VGG], source: Source, out: str | Path, scales: list[int], layer: str = "relu7",
-            aggregate: str = "mean", progress: bool = True, precision: str = "auto") -> tuple[np.ndarray, dict]:
+            aggregate: str = "mean", progress: bool = True, precision: object = "auto") -> tuple[np.ndarray, dict]:
     """Descriptors of every image into OUT.npy (memory-mapped, float32) + OUT.json (paths, labels, settings).
     Rerunning with the same settings continues an interrupted extraction."""
     from tqdm import tqdm
@@ -66,11 +69,13 @@ def extract(models: list[VGG], source: Source, out: str | Path, scales: list[int
     nets = [FastVGG(m, precision, upto=layer) for m in models]
     settings = {"layer": layer, "scales": scales, "aggregate": aggregate, "images": n, "dim": dim,
                 "nets": [str(m.config) for m in models], "precision": nets[0].precision}
+    from .provenance import provenance
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() and npy.is_file() else None
     if meta is not None and meta.get("settings") != settings:
         raise UserError(f"{meta_path}: holds features with other settings; choose another --out")
     if meta is None:
-        meta = {"settings": settings, "done": 0, "paths": [source.path(i) for i in range(n)],
+        meta = {"settings": settings, "provenance": provenance(nets[0].device, nets[0].policy), "done": 0,
+                "paths": [source.path(i) for i in range(n)],
                 "labels": source.labels().tolist(), "classes": list(source.classes), "skipped": []}
         if hasattr(source, "targets"):  # multi-label (VOC)
             meta["targets"] = source.targets().astype(int).tolist()
@@ -98,3 +103,33 @@ def extract(models: list[VGG], source: Source, out: str | Path, scales: list[int
     meta["done"] = n
     meta_path.write_text(json.dumps(meta))
     return np.load(npy, mmap_mode="r"), meta
+
+
+@dataclass
+class FeaturesConfig(NetOptions, RunOptions):
+    data: str = ""                 # dataset: a folder (its --split), PASCAL VOC, labels-file folder, shards
+    split: str | None = None       # the split of a folder holding train/, val/, test/ (VOC: trainval, test)
+    out: str = ""                  # OUT.npy (memory-mapped features) and OUT.json (index, settings, skipped)
+    layer: str = paper.FEATURE_LAYER  # any layer name; relu7 is the 4096-D penultimate layer (section 7)
+    scales: str | None = None      # test scales Q (default: the paper's 256,384,512 at a 224 crop)
+    aggregate: str = "mean"        # over scales: mean (VOC) or stack (Caltech)
+    progress: bool = True          # progress bar
+
+
+def run(cfg: FeaturesConfig) -> tuple[np.ndarray, dict]:
+    """`verydeep features`: very deep features of every image of a dataset (section 7), resumable."""
+    from .data import open_source
+    from .evaluate import parse_scales
+
+    if not cfg.out:
+        raise UserError("give --out (features go to OUT.npy and OUT.json)")
+    device, policy = cfg.runtime()
+    models = [m.to(device) for m in cfg.nets()]
+    crop = models[0].config.crop_size
+    scales = parse_scales(cfg.scales, models[0]) if cfg.scales else paper.multi_scales(crop)
+    feats, meta = extract(models, open_source(cfg.data, split=cfg.split), cfg.out, scales, cfg.layer,
+                          cfg.aggregate, progress=cfg.progress, precision=policy)
+    print(f"wrote {Path(cfg.out).with_suffix('.npy')} and .json: {feats.shape[0]} images x {feats.shape[1]} "
+          f"({cfg.layer}, Q={scales}, {cfg.aggregate}, {len(models)} net(s), {meta['settings']['precision']}); "
+          f"{len(meta['skipped'])} skipped")
+    return feats, meta

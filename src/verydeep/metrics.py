@@ -12,8 +12,10 @@ import math
 import os
 import shutil
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
+from .config import positional
 from .errors import UserError
 from .utils import atomic_write, write_error
 
@@ -157,4 +159,19 @@ def plot(run_dir: Path, out: Path | None = None) -> Path:
     out = Path(out) if out else Path(run_dir) / "curves.png"
     atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
+    return out
+
+
+@dataclass
+class PlotConfig:
+    run_dir: str = positional(default="")  # a training run's folder (`verydeep train --run-dir`)
+    out: str | None = None         # PNG path (default RUN_DIR/curves.png)
+
+
+def plot_run(cfg: PlotConfig) -> Path:
+    """`verydeep plot`: a run's curves as a PNG."""
+    if not cfg.run_dir:
+        raise UserError("give the run's folder")
+    out = plot(Path(cfg.run_dir), Path(cfg.out) if cfg.out else None)
+    print(f"wrote {out}")
     return out

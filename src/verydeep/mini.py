@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .config import positional
 from .errors import UserError
 
 CLASS_DIRS = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
@@ -23,17 +24,17 @@ CLASS_DIRS = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt
 
 @dataclass
 class MiniConfig:
-    seed: int = 0
-    train_per_class: int = 500
-    val_per_class: int = 50
-    test_per_class: int = 100
-    min_side: int = 96          # canvas shorter side range
-    max_side: int = 160
+    seed: int = 0               # seed of every choice (items, sizes, positions, colours)
+    train_per_class: int = 500  # training images per class
+    val_per_class: int = 50     # validation images per class
+    test_per_class: int = 100   # test images per class (from Fashion-MNIST's own test items)
+    min_side: int = 96          # canvas shorter side, at least
+    max_side: int = 160         # canvas shorter side, at most
     max_aspect: float = 1.5     # canvas longer / shorter side, at most
-    min_object: float = 0.5     # object's longer side as a fraction of the canvas shorter side
-    max_object: float = 0.95
+    min_object: float = 0.5     # object's longer side as a fraction of the canvas shorter side, at least
+    max_object: float = 0.95    # ... at most
     fragments: int = 2          # faint fragments of other items in the background
-    quality: int = 90
+    quality: int = 90           # JPEG quality
 
 
 def _split_items(labels: np.ndarray, per_class: int, rng: np.random.Generator, exclude: set | None = None):
@@ -149,3 +150,18 @@ def build(out: str | os.PathLike, cfg: MiniConfig = MiniConfig(), arrays=None, w
                 "items": {"train": [i for i, _ in train], "val": [i for i, _ in val], "test": [i for i, _ in test]}}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return manifest
+
+
+@dataclass
+class MiniCommand(MiniConfig):
+    out: str = positional(default="")  # folder for the dataset (train/, val/, test/ of JPEGs with VOC boxes)
+
+
+def run(cfg: MiniCommand) -> dict:
+    """`verydeep data mini-ilsvrc`: the miniature ILSVRC alone."""
+    if not cfg.out:
+        raise UserError("give the output folder")
+    settings = MiniConfig(**{f: getattr(cfg, f) for f in MiniConfig.__dataclass_fields__})
+    m = build(cfg.out, settings)
+    print(f"mini-ILSVRC in {cfg.out}: {m['counts']} images, 10 classes, VOC boxes beside each image")
+    return m

@@ -6,7 +6,7 @@ it for feature access and for the weight converters.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
@@ -15,107 +15,8 @@ from torch import nn
 
 from .errors import ConfigError, ResourceError
 
-# A block is a list of (out_channels, kernel) conv layers followed by a 2x2 max-pool (Table 1).
-_3 = 3
-BLOCKS: dict[str, tuple] = {
-    "A": ([(64, _3)], [(128, _3)], [(256, _3)] * 2, [(512, _3)] * 2, [(512, _3)] * 2),
-    "B": ([(64, _3)] * 2, [(128, _3)] * 2, [(256, _3)] * 2, [(512, _3)] * 2, [(512, _3)] * 2),
-    # Config C: the third conv of blocks 3-5 is 1x1 (PAPER.md section 1).
-    "C": ([(64, _3)] * 2, [(128, _3)] * 2, [(256, _3)] * 2 + [(256, 1)], [(512, _3)] * 2 + [(512, 1)],
-          [(512, _3)] * 2 + [(512, 1)]),
-    "D": ([(64, _3)] * 2, [(128, _3)] * 2, [(256, _3)] * 3, [(512, _3)] * 3, [(512, _3)] * 3),
-    "E": ([(64, _3)] * 2, [(128, _3)] * 2, [(256, _3)] * 4, [(512, _3)] * 4, [(512, _3)] * 4),
-    # Section 4.1 ablation: B with each pair of 3x3 layers replaced by one 5x5 layer.
-    "B-shallow": ([(64, 5)], [(128, 5)], [(256, 5)], [(512, 5)], [(512, 5)]),
-}
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """What the weights expect from an RGB image in [0, 1]: channel order, scale, then (x - mean) / std.
-
-    mean and std are given in the target channel order (BGR means for Caffe weights)."""
-
-    order: str = "RGB"
-    scale: float = 255.0
-    mean: tuple[float, ...] = (123.68, 116.779, 103.939)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-
-    def __post_init__(self):
-        if self.order not in ("RGB", "BGR"):
-            raise ConfigError(f"preprocess order must be RGB or BGR, got {self.order!r}")
-        if len(self.mean) != len(self.std):
-            raise ConfigError("preprocess mean and std must have the same length")
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != len(self.mean):
-            raise ConfigError(f"preprocess expects (N, {len(self.mean)}, H, W), got {tuple(x.shape)}")
-        if self.order == "BGR":
-            x = x.flip(1)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return (x * self.scale - mean) / std
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(order=d["order"], scale=float(d["scale"]), mean=tuple(map(float, d["mean"])),
-                   std=tuple(map(float, d["std"])))
-
-
-# The three conventions of PAPER.md section 8.
-CAFFE = Preprocess("BGR", 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
-TORCHVISION = Preprocess("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# verydeep-trained models: 0-255 values minus the training set's mean RGB (section 1); ImageNet's until stats exist.
-VERYDEEP = Preprocess()
-
-
-@dataclass(frozen=True)
-class VGGConfig:
-    """Everything that determines a model's architecture; stored in verydeep's weight files."""
-
-    config: str = "D"                 # key of BLOCKS
-    lrn: bool = False                 # A-LRN: LRN after conv1_1's ReLU
-    batch_norm: bool = False          # the *_bn variants (not in the paper)
-    num_classes: int = 1000
-    width: float = 1.0                # multiplies every conv width (64 ... 512)
-    fc_width: int = 4096
-    in_channels: int = 3
-    dropout: float = 0.5
-    crop_size: int = 224              # the FC head is built for this crop: fc6 acts as a (crop/32)^2 conv
-
-    def __post_init__(self):
-        if self.config not in BLOCKS:
-            raise ConfigError(f"unknown VGG configuration {self.config!r}; choose one of {sorted(BLOCKS)}")
-        if self.crop_size < 32:
-            raise ConfigError(f"crop_size must be at least 32 (five 2x2 pools), got {self.crop_size}")
-        for name in ("num_classes", "fc_width", "in_channels"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.width <= 0:
-            raise ConfigError(f"width multiplier must be positive, got {self.width}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def head_kernel(self) -> int:
-        return self.crop_size // 32
-
-    def channels(self, c: int) -> int:
-        return max(1, int(round(c * self.width)))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VGGConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
+from .card import VERYDEEP, Card, Preprocess, VGGConfig
+from .paper import BLOCKS, INIT_FROM_LAYERS, INIT_STD, LRN
 
 
 @dataclass(frozen=True)
@@ -216,19 +117,16 @@ def set_dropout_keys(model: nn.Module, keys: torch.Tensor | None, seed: int = 0,
 
 class VGG(nn.Module):
     """A VGG net of any configuration. ``model(x)`` takes crops of ``config.crop_size``; ``score_map(x)`` takes any
-    image at least that large and applies the FC layers as convolutions (PAPER.md section 3, dense evaluation)."""
+    image at least that large and applies the FC layers as convolutions (PAPER.md section 3, dense evaluation).
+    ``model.card`` says what the weights need (card.py): their preprocessing, classes, training scale, pooling."""
 
-    def __init__(self, config: VGGConfig, preprocess: Preprocess | None = None, init: str = "paper"):
+    def __init__(self, config: VGGConfig | Card, init: str = "paper"):
         super().__init__()
+        card = config if isinstance(config, Card) else Card(
+            config, VERYDEEP if config.in_channels == 3 else
+            Preprocess("RGB", 255.0, (128.0,) * config.in_channels, (1.0,) * config.in_channels))
+        config = card.config
         self.config = config
-        self.input_convention = preprocess or VERYDEEP
-        self.class_names: list[str] | None = None  # label names, saved with verydeep weights
-        self.train_scale: tuple[int, int] | None = None  # (Smin, Smax) it was trained at, for --scales auto
-        self.box_mode: str | None = None   # localisation nets: "scr" or "pcr" (section 6)
-        self.box_classes: int | None = None
-        if len(self.input_convention.mean) != config.in_channels:
-            self.input_convention = Preprocess("RGB", 255.0, (128.0,) * config.in_channels,
-                                               (1.0,) * config.in_channels)
         layers: list[nn.Module] = []
         names: list[str] = []
         c_in = config.in_channels
@@ -243,9 +141,10 @@ class VGG(nn.Module):
                 layers.append(nn.ReLU(inplace=True))
                 names.append(f"relu{b}_{i}")
                 if config.lrn and b == 1 and i == 1:
-                    # Krizhevsky et al.'s LRN (k=2, n=5, alpha=1e-4, beta=0.75). PyTorch, like Caffe, divides alpha
-                    # by n inside the sum, so Krizhevsky's alpha=1e-4 is alpha=5e-4 here (as in VGG's own prototxts).
-                    layers.append(nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0))
+                    # PyTorch, like Caffe, divides alpha by n inside the sum, so Krizhevsky's alpha=1e-4 is n x 1e-4
+                    # here (as in VGG's own prototxts).
+                    layers.append(nn.LocalResponseNorm(LRN["size"], alpha=LRN["alpha"] * LRN["size"],
+                                                       beta=LRN["beta"], k=LRN["k"]))
                     names.append("norm1")
                 c_in = c_out
             layers.append(nn.MaxPool2d(2, 2))
@@ -261,7 +160,30 @@ class VGG(nn.Module):
         self.feature_names = names
         self.head_names = ["fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
         self.feature_channels = c_in
+        self.card = card
         init_weights(self, init)
+
+    @property
+    def card(self) -> Card:
+        return self._card
+
+    @card.setter
+    def card(self, card: Card) -> None:
+        """A new card (the card is frozen: ``model.card = model.card.but(class_names=...)``); it must describe this
+        architecture. Its pooling rule is applied to the max-pools."""
+        if card.config != self.config:
+            raise ConfigError(f"card for {card.config}, model is {self.config}")
+        self._card = card
+        for m in self.features:
+            if isinstance(m, nn.MaxPool2d):
+                m.ceil_mode = card.pooling == "ceil"
+
+    # Read-only views of the card, for convenience.
+    input_convention = property(lambda self: self._card.preprocess)
+    class_names = property(lambda self: None if self._card.class_names is None else list(self._card.class_names))
+    train_scale = property(lambda self: self._card.train_scale)
+    box_mode = property(lambda self: self._card.box[0] if self._card.box else None)
+    box_classes = property(lambda self: self._card.box[1] if self._card.box else None)
 
     # ----------------------------------------------------------------------------------------------- naming
     @property
@@ -282,7 +204,7 @@ class VGG(nn.Module):
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Map RGB floats in [0, 1], (N, C, H, W), to what this model's weights expect."""
-        return self.input_convention(x)
+        return self._card.preprocess(x)
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -368,7 +290,7 @@ def init_weights(model: nn.Module, scheme: str = "paper") -> None:
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if scheme == "paper":
-                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.normal_(m.weight, 0.0, INIT_STD)
             elif scheme == "glorot":
                 nn.init.xavier_uniform_(m.weight)
             else:
@@ -377,10 +299,6 @@ def init_weights(model: nn.Module, scheme: str = "paper") -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-
-
-# Net A's layers that initialise deeper nets (section 2): its first four conv layers and the three FC layers.
-INIT_FROM_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
 
 
 @torch.no_grad()
@@ -407,19 +325,11 @@ def init_from(model: VGG, net_a: VGG, layers: Iterable[str] = INIT_FROM_LAYERS) 
 
 
 # --------------------------------------------------------------------------------------------------- builder
-def vgg(name: str = "D", *, num_classes: int | None = None, weights=None, init: str = "paper",
-        preprocess: Preprocess | None = None, strict: bool = True, **options) -> VGG:
-    """Build any configuration by name ("A", "A-LRN", "B", "C", "D", "E", "B-shallow", "vgg16", "vgg16_bn", ...).
-
-    options: width, fc_width, in_channels, dropout, crop_size (see VGGConfig). weights: a path to torchvision .pth,
-    Keras .h5, Caffe .caffemodel or verydeep .safetensors weights (format detected); head sizes (classes, FC width,
-    crop) not given are taken from the file."""
-    if weights is None:
-        cfg = model_config(name, num_classes=1000 if num_classes is None else num_classes, **options)
-        return VGG(cfg, preprocess=preprocess, init=init)
-    from . import weights as _w
-
-    return _w.build(name, weights, num_classes=num_classes, preprocess=preprocess, strict=strict, **options)
+def vgg(name: str = "D", *, num_classes: int | None = None, init: str = "paper", **options) -> VGG:
+    """Build any configuration by name ("A", "A-LRN", "B", "C", "D", "E", "B-shallow", "vgg16", "vgg16_bn", ...),
+    freshly initialised. options: width, fc_width, in_channels, dropout, crop_size (see VGGConfig). Trained weights
+    of any format: ``verydeep.load(path, name)``."""
+    return VGG(model_config(name, num_classes=1000 if num_classes is None else num_classes, **options), init=init)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .reproduce import PAPER_T3, PAPER_T4, PAPER_T5, PAPER_T6, PAPER_T8, RUNS
+from .evaluate import PROTOCOLS
+from .paper import TABLE3 as PAPER_T3
+from .paper import TABLE4 as PAPER_T4
+from .paper import TABLE5 as PAPER_T5
+from .paper import TABLE6 as PAPER_T6
+from .paper import TABLE8 as PAPER_T8
 
 S_TEXT = {"scratch": "256", "s384": "384", "jitter": "[256;512]"}
 
@@ -98,7 +103,7 @@ def _plots(study, cells) -> list[str]:
     t5 = cells.get("t5", {})
     if t5:
         nets = sorted({k[0] for k in t5})
-        protos = ["center", "dense", "multicrop", "dense+multicrop"]
+        protos = list(PROTOCOLS)
         fig, ax = plt.subplots(figsize=(8, 4))
         x = np.arange(len(nets))
         for j, p in enumerate(protos):
@@ -141,8 +146,8 @@ def write_report(study, cells: dict) -> str:
     if t3:
         rows = []
         for n in t3:
-            s = S_TEXT[RUNS[n][1]]
-            model = RUNS[n][0]
+            s = S_TEXT[study.runs[n][1]]
+            model = study.runs[n][0]
             paper = PAPER_T3.get((model, s)) if n not in ("D-glorot", "B-shallow") else None
             rows.append([n, s, ",".join(map(str, study.single_q(n))), _fmt(_col(t3[n], 0)), _fmt(_col(t3[n], 1)),
                          f"{paper[0]} / {paper[1]}" if paper else "-"])
@@ -150,8 +155,8 @@ def write_report(study, cells: dict) -> str:
     if t4:
         rows = []
         for n in t4:
-            s = S_TEXT[RUNS[n][1]]
-            paper = PAPER_T4.get((RUNS[n][0], s)) if n not in ("D-glorot", "B-shallow") else None
+            s = S_TEXT[study.runs[n][1]]
+            paper = PAPER_T4.get((study.runs[n][0], s)) if n not in ("D-glorot", "B-shallow") else None
             rows.append([n, s, ",".join(map(str, study.multi_q(n))), _fmt(_col(t4[n], 0)), _fmt(_col(t4[n], 1)),
                          f"{paper[0]} / {paper[1]}" if paper else "-"])
         table("Table 4: multiple test scales (dense)", ["net", "train S", "test Q", "top-1", "top-5", "paper"], rows)

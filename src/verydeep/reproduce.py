@@ -12,32 +12,22 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+
+from . import paper
+from .evaluate import PROTOCOLS
 
 
 log = logging.getLogger("verydeep")
 
-# PAPER.md section 5 (top-1 / top-5 val error, %): what the miniature tables print beside their own figures.
-PAPER_T3 = {("A", "256"): (29.6, 10.4), ("A-LRN", "256"): (29.7, 10.5), ("B", "256"): (28.7, 9.9),
-            ("C", "256"): (28.1, 9.4), ("C", "384"): (28.1, 9.3), ("C", "[256;512]"): (27.3, 8.8),
-            ("D", "256"): (27.0, 8.8), ("D", "384"): (26.8, 8.7), ("D", "[256;512]"): (25.6, 8.1),
-            ("E", "256"): (27.3, 9.0), ("E", "384"): (26.9, 8.7), ("E", "[256;512]"): (25.5, 8.0)}
-PAPER_T4 = {("B", "256"): (28.2, 9.6), ("C", "256"): (27.7, 9.2), ("C", "384"): (27.8, 9.2),
-            ("C", "[256;512]"): (26.3, 8.2), ("D", "256"): (26.6, 8.6), ("D", "384"): (26.5, 8.6),
-            ("D", "[256;512]"): (24.8, 7.5), ("E", "256"): (26.9, 8.7), ("E", "384"): (26.7, 8.6),
-            ("E", "[256;512]"): (24.8, 7.5)}
-PAPER_T5 = {("D", "dense"): (24.8, 7.5), ("D", "multicrop"): (24.6, 7.5), ("D", "dense+multicrop"): (24.4, 7.2),
-            ("E", "dense"): (24.8, 7.5), ("E", "multicrop"): (24.6, 7.4), ("E", "dense+multicrop"): (24.4, 7.1)}
-PAPER_T6 = {"dense": (24.0, 7.1), "multicrop": (23.9, 7.2), "dense+multicrop": (23.7, 6.8)}
-PAPER_T8 = {("scr", "fc"): 36.4, ("pcr", "fc"): 34.3, ("pcr", "all"): 33.1}
-
-
 @dataclass
 class StudyConfig:
-    out: str = "runs/study"
+    out: str | None = None          # study folder (default runs/study, or runs/quick)
     data: str | None = None         # a mini-ILSVRC folder (built in OUT/data when not given)
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    quick: bool = False             # the demo: nets A and D, one seed, a few epochs
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # seeds: every run is repeated with each
     crop: int = 64
     width: float = 0.25
     fc_width: int = 512
@@ -49,19 +39,20 @@ class StudyConfig:
     epochs: int = 4                 # scratch and init-from-A runs
     finetune_epochs: int = 2
     patience: int = 1
-    precision: str = "bf16"
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "bf16"  # precision of training and evaluation
     workers: int = 2
     test_images: int = 500
-    quick: bool = False
     loc_epochs: int = 3
     transfer_per_class: int = 30
 
+    @classmethod
+    def presets(cls, given: dict) -> dict:
+        if given.get("quick"):
+            return {"out": "runs/quick", "seeds": [0], "epochs": 3, "finetune_epochs": 1, "test_images": 300}
+        return {"out": "runs/study"}
+
     def scale(self, s: int) -> int:
-        return round(s * self.crop / 224)
-
-
-def quick_config(out: str) -> StudyConfig:
-    return StudyConfig(out=out, seeds=[0], epochs=3, finetune_epochs=1, test_images=300, quick=True)
+        return paper.at_crop(s, self.crop)
 
 
 # name -> (model, stage, init_from (run name), finetune_from (run name), init scheme)
@@ -84,10 +75,17 @@ RUNS = {
 QUICK_RUNS = ["A", "D"]
 
 
+def single_protocols() -> list[str]:
+    """Every registered protocol that is not a mean of others: what one evaluation pass computes."""
+    return [name for name, p in PROTOCOLS.items() if not p.parts]
+
+
 class Study:
+    runs = RUNS
+
     def __init__(self, cfg: StudyConfig):
         self.cfg = cfg
-        self.out = Path(cfg.out)
+        self.out = Path(cfg.out or "runs/study")
         (self.out / "runs").mkdir(parents=True, exist_ok=True)
         (self.out / "eval").mkdir(exist_ok=True)
         self.data = Path(cfg.data) if cfg.data else self.out / "data"
@@ -116,7 +114,7 @@ class Study:
         weights = d / "model.safetensors"
         if weights.is_file():
             return weights
-        model, stage, init_from, finetune_from, init = RUNS[name]
+        model, stage, init_from, finetune_from, init = self.runs[name]
         c = self.cfg
         over = {"data": str(self.data), "model": model, "width": c.width, "fc_width": c.fc_width, "crop": c.crop,
                 "dropout": c.dropout, "batch_size": c.batch_size, "init": init, "stage": stage, "patience": c.patience,
@@ -160,31 +158,25 @@ class Study:
         return 100 * topk_error(p, y, 1), 100 * topk_error(p, y, 5)
 
     def train_scale(self, name: str) -> tuple[int, int]:
-        stage = RUNS[name][1]
-        s = {"scratch": (256, 256), "s384": (384, 384), "jitter": (256, 512)}[stage]
-        return self.cfg.scale(s[0]), self.cfg.scale(s[1])
+        return paper.stage_scale(self.runs[name][1], self.cfg.crop)
 
     def single_q(self, name: str) -> list[int]:
-        from .evaluate import auto_scales
-
-        return auto_scales(self.train_scale(name), self.cfg.crop, False)
+        return paper.test_scales(self.train_scale(name), self.cfg.crop, False)
 
     def multi_q(self, name: str) -> list[int]:
-        from .evaluate import auto_scales
-
-        return auto_scales(self.train_scale(name), self.cfg.crop, True)
+        return paper.test_scales(self.train_scale(name), self.cfg.crop, True)
 
     # ------------------------------------------------------------------------------------------ the study
     def run(self) -> dict:
         cfg = self.cfg
         self.dataset()
-        names = QUICK_RUNS if cfg.quick else list(RUNS)
+        names = QUICK_RUNS if cfg.quick else list(self.runs)
         cells: dict = {}
 
         def add(table, key, seed, value):
             cells.setdefault(table, {}).setdefault(key, {})[seed] = value
 
-        q3 = [cfg.scale(256), cfg.scale(384), cfg.scale(512)]
+        q3 = paper.multi_scales(cfg.crop)
         for seed in cfg.seeds:
             for name in names:
                 self.train(name, seed)
@@ -194,18 +186,20 @@ class Study:
                 add("t4", name, seed, self.err(self.posteriors(name, seed, ["dense"], multi), "dense", multi))
             t5_nets = ["D"] if cfg.quick else ["Dj", "Ej"]
             for name in t5_nets:  # Table 5: the protocols at Q = {256, 384, 512}
-                post = self.posteriors(name, seed, ["center", "dense", "multicrop"], q3)
-                for p in ("center", "dense", "multicrop", "dense+multicrop"):
+                post = self.posteriors(name, seed, single_protocols(), q3)
+                for p in PROTOCOLS:
                     add("t5", (name, p), seed, self.err(post, p, q3))
                 if cfg.quick:  # the quick run also shows single- against multi-scale for each protocol
-                    for p in ("center", "dense", "multicrop", "dense+multicrop"):
+                    for p in PROTOCOLS:
                         add("t5", (name + " Q=" + str(cfg.scale(384)), p), seed,
                             self.err(post, p, [cfg.scale(384)]))
             if not cfg.quick:
                 self.fusion(seed, q3, add)
                 self.localisation(seed, add)
                 self.transfer(seed, add)
-        self.results = {"config": asdict(cfg), "cells": {t: {json.dumps(k) if isinstance(k, tuple) else k: v
+        from .provenance import provenance
+
+        self.results = {"config": asdict(cfg), "provenance": provenance("cpu", cfg.precision), "cells": {t: {json.dumps(k) if isinstance(k, tuple) else k: v
                                                                for k, v in c.items()} for t, c in cells.items()}}
         (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
         return cells
@@ -222,10 +216,10 @@ class Study:
     def fusion(self, seed: int, q3: list[int], add) -> None:
         """Table 6: the two best nets (by their multi-scale dense top-1 error on this seed) fused."""
         cands = ["Cj", "Dj", "Ej"]
-        errs = {n: self.err(self.posteriors(n, seed, ["center", "dense", "multicrop"], q3), "dense", q3)[0]
+        errs = {n: self.err(self.posteriors(n, seed, single_protocols(), q3), "dense", q3)[0]
                 for n in cands}
         best = sorted(cands, key=errs.get)[:2]
-        posts = [self.posteriors(n, seed, ["center", "dense", "multicrop"], q3) for n in best]
+        posts = [self.posteriors(n, seed, single_protocols(), q3) for n in best]
         from .evaluate import topk_error
 
         for p in ("dense", "multicrop", "dense+multicrop"):
@@ -245,14 +239,16 @@ class Study:
             path = self.out / "runs" / f"loc-{mode}-{layers}-s{seed}.safetensors"
             if not path.is_file():
                 self.log(f"localisation {mode.upper()} {layers} (seed {seed})")
-                cfg = localize.LocConfig(mode, layers, self.cfg.scale(384), 1e-3 * (self.cfg.lr / 0.01),
-                                         self.cfg.loc_epochs, self.cfg.batch_size, workers=self.cfg.workers,
-                                         seed=seed)
-                net, _ = localize.train(load(self.train("D384", seed)), open_source(self.data, split="train"), cfg,
-                                        progress=False)
+                cfg = localize.LocTrainConfig(mode=mode, layers=layers, train_scale=[self.cfg.scale(384)],
+                                              lr=paper.FINETUNE_LR * (self.cfg.lr / paper.LR),
+                                              epochs=self.cfg.loc_epochs, batch_size=self.cfg.batch_size,
+                                              workers=self.cfg.workers, seed=seed, progress=False,
+                                              precision=self.cfg.precision, device="cpu")
+                net, _ = localize.fine_tune(load(self.train("D384", seed)), open_source(self.data, split="train"),
+                                            cfg)
                 save(net, path)
             r = self.cached(f"loc-{mode}-{layers}-s{seed}", lambda: localize.centre_crop_error(
-                localize.load(path), self.test_source(), self.cfg.scale(384)))
+                load(path), self.test_source(), self.cfg.scale(384), self.cfg.precision))
             add("t8", f"{mode}-{layers}", seed, 100 * r["error"])
 
     def transfer(self, seed: int, add) -> None:
@@ -278,7 +274,7 @@ class Study:
         images = [Image.fromarray((digits.images[i] * (255 / 16)).astype(np.uint8)).convert("RGB").resize(
             (self.cfg.scale(256),) * 2, Image.BICUBIC) for i in idx]
         labels = digits.target[idx]
-        q3 = [self.cfg.scale(256), self.cfg.scale(384), self.cfg.scale(512)]
+        q3 = paper.multi_scales(self.cfg.crop)
         nets = {n: load(self.train(n, seed)).eval() for n in ("Dj", "Ej")}
         for key, members in (("D", ["Dj"]), ("E", ["Ej"]), ("D&E", ["Dj", "Ej"])):
             x = np.stack([descriptor([nets[m] for m in members], im, q3, "relu7", "stack") for im in images])
@@ -288,18 +284,15 @@ class Study:
         done.write_text(json.dumps(found))
 
 
-def main(out: str, quick: bool, seeds: list[int] | None = None, data: str | None = None) -> int:
+def run(cfg: StudyConfig) -> dict:
+    """`verydeep reproduce`: the study, then REPORT.md and its plots; says where they are."""
     from .report import write_report
 
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
-    cfg = quick_config(out) if quick else StudyConfig(out=out)
-    if seeds:
-        cfg.seeds = seeds
-    if data:
-        cfg.data = data
     study = Study(cfg)
     cells = study.run()
     text = write_report(study, cells)
-    print(text if quick else f"wrote {study.out / 'REPORT.md'}")
-    return 0
-
+    if cfg.quick:
+        print(text)
+    print(f"wrote {study.out / 'REPORT.md'} and its plots in {study.out}")
+    return cells

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,71 +22,105 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import config as config_mod
-from . import distributed
+from . import distributed, paper
 from .data import CenterCropDataset, LoaderConfig, SkipTracker, TrainLoader, eval_loader, open_source, split
 from .data import stats as colour
 from .errors import ConfigError, UserError
 from .metrics import MetricsLog
-from .models import VGG, Preprocess, VGGConfig, init_from, set_dropout_keys, vgg
+from .card import Preprocess
+from .models import VGG, init_from, set_dropout_keys, vgg
+from .options import RunOptions
+from .precision import PRECISIONS, Precision
+from .provenance import provenance
 from .schedule import PlateauSchedule
 from .transforms import TrainTransform, to_model_input
 from .utils import fault, keep_freed_memory
+from .weights import load
 
 log = logging.getLogger("verydeep")
-STAGES = ("scratch", "s384", "jitter")
+STAGES = paper.STAGES
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunOptions):
     # data
     data: str = ""                     # dataset folder (with train/ [and val/]), shard folder, or fashion-mnist
     val: str | None = None             # validation set (default: DATA/val, else a held-out part of train)
-    val_fraction: float = 0.02         # held-out fraction when there is no validation set
+    val_fraction: float = 0.02         # held-out fraction of train when there is no validation set
     # model
-    model: str = "A"
-    width: float = 1.0
-    fc_width: int = 4096
-    crop: int = 224
-    dropout: float = 0.5
-    init: str = "paper"                # paper (N(0, 0.01)) | glorot | kaiming
+    model: str = "A"                   # architecture: A, A-LRN, B, C, D, E, B-shallow, vgg16_bn, ...
+    width: float = 1.0                 # width multiplier of every conv layer
+    fc_width: int = paper.FC_WIDTH     # width of fc6 and fc7
+    crop: int = paper.CROP             # training crop; the paper's scales are scaled by crop / 224
+    dropout: float = paper.DROPOUT     # dropout on fc6 and fc7
+    init: str = "paper"                # paper (N(0, 0.01), zero biases), glorot, or kaiming
     # stages (section 2)
-    stage: str = "scratch"             # scratch: S = 256, lr 1e-2 | s384: S = 384, lr 1e-3 | jitter: S in [256, 512]
-    scale_min: int | None = None       # S (or Smin); default from the stage, scaled by crop / 224
-    scale_max: int | None = None
-    init_from: str | None = None       # net A checkpoint: copy conv1_1, conv2_1, conv3_1, conv3_2, fc6-8
-    finetune_from: str | None = None   # same-architecture checkpoint to fine-tune (stages s384, jitter)
+    stage: str = "scratch"             # scratch (S = 256, lr 1e-2), s384 (S = 384, lr 1e-3) or jitter (S in
+    # [256, 512], lr 1e-3); the last two fine-tune --finetune-from
+    train_scale: list[int] | None = None  # S, or Smin,Smax for scale jittering (default: the stage's, at the crop)
+    init_from: str | None = None       # net A to initialise a deeper net from (conv1_1, conv2_1, conv3_1, conv3_2,
+    # fc6-8)
+    finetune_from: str | None = None   # a trained net of the same architecture to fine-tune (stages s384, jitter)
     # optimisation
-    batch_size: int = 256              # the effective (global) batch
-    micro_batch: int | None = None     # per-process micro-batch; gradients accumulated up to batch_size
-    lr: float | None = None            # default 1e-2, or 1e-3 when fine-tuning
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    patience: int = 2                  # epochs without validation improvement before lr /= 10
-    max_decays: int = 3
-    max_epochs: int = 74
+    batch_size: int = paper.BATCH      # the effective (global) batch
+    micro_batch: int | None = None     # per-process micro-batch; gradients are accumulated up to batch_size
+    lr: float | None = None            # learning rate (default 1e-2, or 1e-3 when fine-tuning); on --resume, a new
+    # value is a recorded override
+    momentum: float = paper.MOMENTUM   # SGD momentum
+    weight_decay: float = paper.WEIGHT_DECAY  # L2 weight decay
+    patience: int = 2                  # epochs without validation improvement before the learning rate is divided
+    # by 10
+    max_decays: int = paper.LR_DECAYS  # learning-rate decays before training stops at the next plateau
+    max_epochs: int = paper.MAX_EPOCHS  # epochs at most
     max_steps: int | None = None       # stop after this many optimisation steps in all (smoke runs)
-    colour_augment: bool = True        # PCA colour shift (needs colour statistics; computed if missing)
-    stats_images: int = 2000           # images sampled for the statistics when computed here
+    colour_augment: bool = True        # AlexNet's PCA colour shift (needs colour statistics; computed if missing)
+    stats_images: int = 2000           # images sampled for the colour statistics when they are computed here
     # system
-    precision: str = "fp32"            # fp32 | bf16 (autocast)
-    channels_last: bool = False
-    compile: bool = False
-    deterministic: bool = False
-    device: str = "auto"
-    threads: int | None = None
-    workers: int = 4
-    seed: int = 0
-    max_skip_fraction: float = 0.01
-    eval_batch: int | None = None
+    channels_last: bool = False        # channels-last memory format
+    compile: bool = False              # torch.compile the training step
+    deterministic: bool = False        # deterministic kernels (bit-identical resumption)
+    workers: int = 4                   # data-loading processes
+    seed: int = 0                      # seed of initialisation, crops, flips, colour shifts and dropout masks
+    max_skip_fraction: float = 0.01    # stop when more than this fraction of images is unusable
+    eval_batch: int | None = None      # validation batch (default: the micro-batch)
     # run
-    run_dir: str = "runs/run"
-    resume: bool = False
-    force: bool = False
-    checkpoint_minutes: float = 30.0
+    run_dir: str = "runs/run"          # where checkpoints, metrics and the trained model go
+    resume: bool = False               # continue the run in --run-dir with its stored settings
+    force: bool = False                # delete the run in --run-dir and start again
+    checkpoint_minutes: float = 30.0   # write a checkpoint at least this often
     checkpoint_steps: int = 0          # also every N steps (0: off)
-    keep_last: int = 2
-    progress: bool = True
+    keep_last: int = 2                 # checkpoints kept (and the best)
+    progress: bool = True              # progress bars
     dist_timeout: float = 600.0        # seconds a collective (torchrun) may wait for the other processes
+
+    @classmethod
+    def presets(cls, given: dict) -> dict:
+        """What follows from what was given: the stage's scales and learning rate (section 2); when resuming, the
+        stored run's settings."""
+        stored: dict = {}
+        if given.get("resume"):
+            fields = {f.name for f in dataclasses.fields(cls)}
+            stored = {k: v for k, v in (ckpt.stored_config(Path(given.get("run_dir", cls.run_dir))) or {}).items()
+                      if k in fields and k not in OPERATIONAL}
+
+        def pick(key, default):
+            return given.get(key, stored.get(key, default))
+
+        stage = pick("stage", "scratch")
+        if stage not in STAGES:
+            raise ConfigError(f"stage must be one of {tuple(STAGES)}, got {stage!r}")
+        crop = config_mod.coerce(cls, "crop", pick("crop", paper.CROP))
+        smin, smax = paper.stage_scale(stage, crop)
+        lr = paper.FINETUNE_LR if pick("finetune_from", None) else paper.LR
+        return {"train_scale": [smin] if smin == smax else [smin, smax], "lr": lr, **stored}
+
+    @property
+    def scale_min(self) -> int:
+        return self.train_scale[0]
+
+    @property
+    def scale_max(self) -> int:
+        return self.train_scale[-1]
 
     def __post_init__(self):
         from .distributed import DEVICE
@@ -96,9 +129,9 @@ class TrainConfig:
         if not self.data:
             raise ConfigError("data is required (a dataset folder, shard folder or fashion-mnist)")
         if self.stage not in STAGES:
-            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
+            raise ConfigError(f"stage must be one of {tuple(STAGES)}, got {self.stage!r}")
+        if self.precision not in PRECISIONS or self.precision == "int8":
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.init not in INIT_SCHEMES:
             raise ConfigError(f"init must be one of {INIT_SCHEMES}, got {self.init!r}")
         model_config(self.model)  # an unknown name is an error naming the known ones
@@ -128,9 +161,9 @@ class TrainConfig:
                   ("max_skip_fraction", 0 <= self.max_skip_fraction <= 1, "in [0, 1]"),
                   ("stats_images", self.stats_images >= 1, "at least 1"),
                   ("dist_timeout", self.dist_timeout > 0, "positive"),
-                  ("scale_min", self.scale_min is None or self.scale_min >= self.crop, f"at least the crop"),
-                  ("scale_max", self.scale_max is None or self.scale_min is None or self.scale_max >= self.scale_min,
-                   "at least scale_min")]
+                  ("train_scale", self.train_scale is None or (len(self.train_scale) in (1, 2) and self.crop <=
+                                                               self.train_scale[0] <= self.train_scale[-1]),
+                   "S or Smin,Smax with crop <= Smin <= Smax")]
         for name, ok, what in checks:
             if not ok:
                 raise ConfigError(f"{name} must be {what}, got {getattr(self, name)!r}")
@@ -145,65 +178,56 @@ OPERATIONAL = {"resume", "force", "workers", "progress", "checkpoint_minutes", "
 PATH_FIELDS = ("data", "val", "run_dir", "init_from", "finetune_from")
 
 
-def stage_presets(stage: str, crop: int, finetune: bool) -> dict:
-    """The paper's scales (section 2) at this crop size, and its learning rates."""
-    k = crop / 224
-    s = {"scratch": (256, 256), "s384": (384, 384), "jitter": (256, 512)}[stage]
-    return {"scale_min": round(s[0] * k), "scale_max": round(s[1] * k), "lr": 1e-3 if finetune else 1e-2}
-
-
 def make_config(overrides: dict | None = None, file: str | None = None) -> TrainConfig:
-    """Defaults < stage presets < the stored run (when resuming) < config file < command line; every value
+    """Defaults < the stage's presets < the stored run (when resuming) < config file < overrides; every value
     type-checked. Resuming continues the run with its own settings: only what is given again may differ."""
-    overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items() if v is not None}
-    given = {**(config_mod.read_file(file) if file else {}), **overrides}
-    stored: dict = {}
-    if config_mod.coerce(TrainConfig, "resume", given.get("resume", False)):
-        run_dir = Path(str(given.get("run_dir", TrainConfig.run_dir)))
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        stored = {k: v for k, v in (ckpt.stored_config(run_dir) or {}).items() if k in fields and k not in OPERATIONAL}
-
-    def pick(key, default):
-        return config_mod.coerce(TrainConfig, key, given.get(key, stored.get(key, default)))
-
-    stage = pick("stage", "scratch")
-    if stage not in STAGES:
-        raise UserError(f"stage must be one of {STAGES}, got {stage!r}")
-    presets = {**stage_presets(stage, pick("crop", 224), bool(pick("finetune_from", None))), **stored}
-    return config_mod.build(TrainConfig, overrides, file, presets)
+    return config_mod.build(TrainConfig, overrides, file)
 
 
 class Diverged(UserError):
     pass
 
 
-def load_net(path: str, name: str | None = None) -> VGG:
-    """A trained net from a verydeep checkpoint or any weight file (format detected)."""
-    from .weights import load
-
-    return load(path, name)
-
-
-def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def run_name(cfg: TrainConfig) -> str:
+    """How tables name a trained net: its architecture, stage and seed ("D-s384-seed0"); the run folder's name when
+    it says more."""
+    folder = Path(cfg.run_dir).name
+    auto = f"{cfg.model}-{cfg.stage}-seed{cfg.seed}"
+    return folder if folder not in ("run", "", ".") else auto
 
 
-def optimizer_kwargs(device: str | torch.device) -> dict:
-    """The fused SGD kernel where PyTorch has one for the device: one pass over parameters, gradients and momenta
-    instead of several. VGG-16's 138 M parameters make the update memory-bound: 0.06 s fused vs 0.32 s foreach
-    per step on the 2-core development CPU (BENCHMARKS.md)."""
+def optimizer(params, lr: float, momentum: float, weight_decay: float, device: str | torch.device):
+    """SGD with momentum and weight decay (section 2), with the fused kernel where PyTorch has one for the device:
+    one pass over parameters, gradients and momenta instead of several. VGG-16's 138 M parameters make the update
+    memory-bound: 0.06 s fused vs 0.32 s foreach per step on the 2-core development CPU (BENCHMARKS.md)."""
     try:
         torch.optim.SGD([torch.zeros(1, device=device, requires_grad=True)], lr=0.1, fused=True)
-        return {"fused": True}
+        fused = {"fused": True}
     except (RuntimeError, TypeError):
-        return {}
+        fused = {}
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused)
+
+
+def forward_backward(model, x: torch.Tensor, y: torch.Tensor, policy: Precision, scale: float):
+    """One (micro-)batch of a training step: the forward pass under the precision policy, soft-max cross-entropy
+    summed and scaled to the global batch (so accumulated micro-batches give the whole-batch gradient), backward.
+    Returns the loss sum and the logits, detached. The trainer and the benchmark both step through here."""
+    with policy.autocast():
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y, reduction="sum")
+    (loss * scale).backward()
+    return loss.detach(), logits.detach()
+
+
+def update(opt: torch.optim.Optimizer) -> None:
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, d: distributed.Dist):
         self.cfg, self.d = cfg, d
+        self.policy = Precision.resolve(cfg.precision, d.device, training=True)
         keep_freed_memory()  # 10-20% of a step was page faults on freshly allocated activations (utils.py)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -219,7 +243,7 @@ class Trainer:
         if d.main:
             ckpt.claim_run_dir(self.run_dir, identity, resume, cfg.force and not distributed.restarted(),
                                PATH_FIELDS, may_change=("lr",))
-            ckpt.write_config(self.run_dir, identity)
+            ckpt.write_config(self.run_dir, {**identity, "_provenance": provenance(d.device, self.policy)})
         distributed.barrier(d)
         state = None
         if resume:
@@ -271,15 +295,15 @@ class Trainer:
         # ---- model
         model = vgg(cfg.model, num_classes=len(self.classes), width=cfg.width, fc_width=cfg.fc_width,
                     crop_size=cfg.crop, dropout=cfg.dropout, init=cfg.init)
-        model.input_convention = Preprocess("RGB", 255.0, tuple(self.stats.mean), (1.0, 1.0, 1.0))
-        model.class_names = self.classes
-        model.train_scale = (cfg.scale_min, cfg.scale_max)
+        model.card = model.card.but(preprocess=Preprocess("RGB", 255.0, tuple(self.stats.mean), (1.0, 1.0, 1.0)),
+                                    class_names=tuple(self.classes), train_scale=(cfg.scale_min, cfg.scale_max),
+                                    name=run_name(cfg))
         if state is None and cfg.init_from:
-            copied = init_from(model, load_net(cfg.init_from, "A"))
+            copied = init_from(model, load(cfg.init_from, "A"))
             if d.main:
                 log.info("initialised %s from %s: %s", cfg.model, cfg.init_from, ", ".join(copied))
         if state is None and cfg.finetune_from:
-            src = load_net(cfg.finetune_from, cfg.model)
+            src = load(cfg.finetune_from, cfg.model)
             arch = lambda c: {k: v for k, v in c.to_dict().items() if k != "dropout"}  # noqa: E731
             if arch(src.config) != arch(model.config):
                 raise UserError(f"{cfg.finetune_from}: holds {src.config}, this run builds {model.config}")
@@ -293,8 +317,7 @@ class Trainer:
                 self.raw, device_ids=[d.device.index] if d.device.type == "cuda" else None)
         if cfg.compile:  # dropout stays keyed: its keys and salt are graph inputs (models.KeyedDropout)
             self.model = torch.compile(self.model)
-        self.opt = torch.optim.SGD(self.raw.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay, **optimizer_kwargs(d.device))
+        self.opt = optimizer(self.raw.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, d.device)
         self.schedule = PlateauSchedule(cfg.lr, cfg.patience, 0.1, cfg.max_decays)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.partial = [0.0, 0.0, 0.0]  # loss sum, correct, count of the epoch in progress
@@ -328,9 +351,7 @@ class Trainer:
                 "global_step": self.global_step, "partial": list(self.partial), "rng": ckpt.rng_state(),
                 "config": dataclasses.asdict(self.cfg), "records": list(self.records), "best_acc": self.best_acc,
                 "best_step": self.best_step, "lr_overrides": list(self.lr_overrides),
-                "model_config": self.raw.config.to_dict(), "preprocess": self.raw.input_convention.to_dict(),
-                "class_names": self.classes, "colour_stats": self.stats.to_dict(),
-                "train_scale": [self.cfg.scale_min, self.cfg.scale_max]}
+                "card": self.raw.card.to_dict(), "colour_stats": self.stats.to_dict()}
 
     def _restore(self, s: dict) -> None:
         try:
@@ -401,11 +422,8 @@ class Trainer:
                         x = x.contiguous(memory_format=torch.channels_last)
                     y = b.labels.to(d.device, non_blocking=True)
                     set_dropout_keys(self.raw, b.indices.to(d.device), cfg.seed, self.global_step)
-                    with _autocast(cfg, d.device):
-                        logits = self.model(x)
-                    loss = F.cross_entropy(logits.float(), y, reduction="sum")
-                    (loss * scale).backward()
-                loss_sum += loss.detach()
+                    loss, logits = forward_backward(self.model, x, y, self.policy, scale)
+                loss_sum += loss
                 correct += int((logits.argmax(1) == y).sum())
             n_local = sum(len(b.labels) for b in micro)
             # Sums over every process, each step: a checkpoint (written by rank 0) then holds the whole run's
@@ -416,8 +434,7 @@ class Trainer:
                 raise Diverged(f"training diverged: loss is {loss_value} at epoch {epoch + 1}, step "
                                f"{self.step_in_epoch + 1} (global step {self.global_step + 1});{where} "
                                f"resume with a lower learning rate (--resume --lr X)")
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            update(self.opt)
             self.partial = [self.partial[0] + loss_value, self.partial[1] + correct, self.partial[2] + n_step]
             self.step_in_epoch += 1
             self.global_step += 1
@@ -457,7 +474,7 @@ class Trainer:
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = b.labels.to(self.d.device)
-            with _autocast(self.cfg, self.d.device):
+            with self.policy.autocast():
                 logits = self.raw(x).float()
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             k = min(5, logits.shape[1])
@@ -526,13 +543,17 @@ class Trainer:
         best = self.run_dir / "checkpoints" / ckpt.BEST
         model = self.raw
         if best.is_file():
-            model = VGG(VGGConfig.from_dict(self.raw.config.to_dict()), self.raw.input_convention)
+            model = VGG(self.raw.card)
             model.load_state_dict(ckpt.load(best)["model"])
-            model.class_names, model.train_scale = self.classes, self.raw.train_scale
         save(model.float().cpu(), self.run_dir / "model.safetensors")
 
 
 def train(cfg: TrainConfig) -> dict:
+    """Train a net with the paper's recipe (section 2 of Simonyan & Zisserman): soft-max cross-entropy, SGD with
+    momentum 0.9 and weight decay 5e-4, dropout 0.5, batch 256, learning rate 1e-2 divided by 10 at each validation
+    plateau, three times, then stop. Stages: net A from scratch; deeper nets from net A (--init-from); S = 384
+    (--stage s384) and scale jittering (--stage jitter) fine-tuned from the previous stage (--finetune-from).
+    Resumable (--resume); several processes under torchrun. The best weights end as RUN_DIR/model.safetensors."""
     d = distributed.setup(cfg.device, cfg.dist_timeout)
     try:
         result = Trainer(cfg, d).run()
@@ -546,10 +567,3 @@ def train(cfg: TrainConfig) -> dict:
         raise
     finally:
         distributed.cleanup(d)
-
-
-def main_cli(args) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    cfg = make_config(config_mod.given(args, TrainConfig), args.config)
-    train(cfg)
-    return 0

@@ -3,8 +3,13 @@ with a fixed number of training images per class (Caltech-101/256), and multi-la
 precision and mAP (PASCAL VOC), in both VOC definitions: VOC2007's 11-point interpolation and VOC2010+'s area."""
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
+from . import paper
 from .errors import UserError
 
 
@@ -93,3 +98,79 @@ def multilabel(features: np.ndarray, targets: np.ndarray, train: np.ndarray, tes
         raise UserError("no class has positives and negatives in the training part and positives in the test part")
     return {"ap_voc07": ap07, "ap_area": ap12, "map_voc07": float(np.nanmean(ap07)),
             "map_area": float(np.nanmean(ap12)), "classes_scored": int(np.sum(~np.isnan(ap12)))}
+
+
+def read_features(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Features written by `verydeep features` (OUT.npy, memory-mapped, and OUT.json), and which rows are real:
+    images the extraction skipped (unreadable) are all-zero rows and must take no part in training or testing."""
+    path = Path(path)
+    meta_path, npy = path.with_suffix(".json"), path.with_suffix(".npy")
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path}: no index beside the features (write them with `verydeep features`)")
+    try:  # memory-mapped: nothing larger than the file is allocated
+        x = np.load(npy, mmap_mode="r", allow_pickle=False)
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{npy}: unreadable features ({str(e).splitlines()[0][:160]})") from None
+    if x.ndim != 2 or len(meta.get("labels", [])) != len(x):
+        raise UserError(f"{npy}: {len(x)} rows for {len(meta.get('labels', []))} labels in {meta_path}")
+    if meta.get("done", len(x)) < len(x):
+        raise UserError(f"{npy}: extraction stopped at image {meta['done']} of {len(x)}; run `verydeep features` "
+                        f"again to finish it")
+    keep = np.ones(len(x), bool)
+    keep[np.asarray(meta.get("skipped", []), np.int64)] = False
+    return x, meta, keep
+
+
+@dataclass
+class TransferConfig:
+    features: str = ""             # features written by `verydeep features` (OUT.npy with OUT.json beside)
+    test_features: str | None = None  # multi-label (PASCAL VOC): the test part's features
+    train_per_class: int = paper.CALTECH_TRAIN_PER_CLASS["caltech101"]  # training images per class (Caltech-101:
+    # 30, Caltech-256: 60)
+    test_per_class: int | None = None  # test images per class at most (Caltech-101's protocol: 50; default: all)
+    splits: int = 3                # random splits (mean +- std over them)
+    seed: int = 0                  # seed of the splits and of the cross-validation folds
+    json: str | None = None        # write the results as JSON to this file
+
+
+def run(cfg: TransferConfig) -> dict:
+    """`verydeep transfer`: linear SVMs on very deep features; mean class recall over random splits (Caltech), or
+    per-class average precision and mAP (VOC, with --test-features)."""
+    from .provenance import provenance
+    from .utils import atomic_write
+
+    if not cfg.features:
+        raise UserError("give --features (the OUT.npy of `verydeep features`)")
+    x, meta, keep = read_features(cfg.features)
+    dropped = int((~keep).sum())
+    if cfg.test_features:
+        xt, mt, keep_t = read_features(cfg.test_features)
+        if "targets" not in meta or "targets" not in mt:
+            raise UserError(f"{cfg.features}: no multi-label targets (VOC features carry them)")
+        dropped += int((~keep_t).sum())
+        t = np.asarray(meta["targets"], bool)[keep]
+        tt = np.asarray(mt["targets"], bool)[keep_t]
+        r = multilabel(np.concatenate([x[keep], xt[keep_t]]), np.concatenate([t, tt]), np.arange(len(t)),
+                       np.arange(len(t), len(t) + len(tt)), cfg.seed)
+        for c, a07, a12 in zip(meta["classes"], r["ap_voc07"], r["ap_area"]):
+            if a12 == a12:  # not NaN
+                print(f"{c:<14} AP {100 * a12:5.1f} (VOC2007 11-point {100 * a07:5.1f})")
+        print(f"mAP {100 * r['map_area']:.1f} (VOC2010+ area), {100 * r['map_voc07']:.1f} (VOC2007 11-point) over "
+              f"{r['classes_scored']} classes")
+    else:
+        labels = np.asarray(meta["labels"])[keep]
+        r = multiclass(np.asarray(x[keep]), labels, cfg.train_per_class, cfg.splits, cfg.seed,
+                       test_per_class=cfg.test_per_class)
+        classes = meta.get("classes") or []
+        print(f"mean class recall {100 * r['mean_class_recall']:.1f} +- {100 * r['std']:.1f} over {cfg.splits} "
+              f"splits of {cfg.train_per_class} training images per class, {len(np.unique(labels))} classes"
+              + (f" ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})" if classes else ""))
+    if dropped:
+        print(f"{dropped} image(s) the extraction skipped (unreadable) left out")
+    r["left_out"] = dropped
+    if cfg.json:
+        doc = {**r, "provenance": provenance()}
+        atomic_write(cfg.json, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+        print(f"wrote {cfg.json}")
+    return r

@@ -180,19 +180,6 @@ def rescale(img: Image.Image, smallest_side: int) -> Image.Image:
     return img if size == img.size else img.resize(size, _FILTER, reducing_gap=3.0)
 
 
-def center_crop(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    if w < size or h < size:
-        raise ConfigError(f"image {w}x{h} is smaller than the {size} crop")
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """Pillow RGB image -> float tensor (3, H, W) in [0, 1]."""
-    return to_uint8(img).float().div_(255.0)
-
-
 def to_uint8(img: Image.Image) -> torch.Tensor:
     """Pillow RGB image -> uint8 tensor (3, H, W): what workers send (4x less than floats)."""
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
@@ -275,12 +262,6 @@ def to_model_input(images: torch.Tensor, shifts: torch.Tensor | None, preprocess
 
 
 # ---------------------------------------------------------------------------------------------------- testing
-def dense_views(img: Image.Image, q: int, flip: bool = True) -> list[Image.Image]:
-    """Dense evaluation's inputs at test scale Q: the whole rescaled image, and its mirror."""
-    big = rescale(img, q)
-    return [big, big.transpose(Image.FLIP_LEFT_RIGHT)] if flip else [big]
-
-
 def grid_positions(w: int, h: int, crop: int, n: int = 5) -> list[tuple[int, int]]:
     """Top-left corners of an n x n regular grid of CxC crops spanning a WxH image (corners included)."""
     if w < crop or h < crop:
@@ -288,12 +269,3 @@ def grid_positions(w: int, h: int, crop: int, n: int = 5) -> list[tuple[int, int
     xs = np.linspace(0, w - crop, n).round().astype(int)
     ys = np.linspace(0, h - crop, n).round().astype(int)
     return [(int(x), int(y)) for y in ys for x in xs]
-
-
-def multicrop_views(img: Image.Image, q: int, crop: int = 224, n: int = 5, flip: bool = True) -> list[Image.Image]:
-    """Multi-crop evaluation at test scale Q: an n x n grid of CxC crops and their flips (5x5x2 = 50 per scale)."""
-    big = rescale(img, q)
-    crops = [big.crop((x, y, x + crop, y + crop)) for x, y in grid_positions(*big.size, crop, n)]
-    if flip:
-        crops += [c.transpose(Image.FLIP_LEFT_RIGHT) for c in crops]
-    return crops

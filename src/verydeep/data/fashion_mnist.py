@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import urllib.request
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -134,3 +135,19 @@ class FashionMNIST(Source):
 
     def read(self, i: int) -> Sample:
         return Sample(Image.fromarray(self.images[i], "L"), int(self._labels[i]), f"{self.root}#{i}")
+
+
+@dataclass
+class FashionConfig:
+    download: bool = True          # fetch the files from the official source when no copy is found
+
+
+def run(cfg: FashionConfig) -> dict:
+    """`verydeep data fashion-mnist`: find Fashion-MNIST (or download it), SHA-256 checked."""
+    out = {}
+    for split in ("train", "test"):
+        images, labels = load_arrays(split, cfg.download)
+        where = find(("train" if split == "train" else "t10k") + "-images-idx3-ubyte")
+        out[split] = str(where)
+        print(f"Fashion-MNIST {split}: {len(labels)} images {images.shape[1:]} from {where} (SHA-256 checked)")
+    return out

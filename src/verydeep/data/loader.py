@@ -14,12 +14,11 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_worker_info
 
 from ..errors import UserError
 from ..transforms import TrainTransform, as_rgb, center_crop_resized, to_uint8
 from ..utils import die_with_parent
-from .shards import TarShards
 from .sources import Source
 
 log = logging.getLogger("verydeep.data")
@@ -224,35 +223,3 @@ def eval_loader(dataset: Dataset, batch_size: int, workers: int, rank: int = 0, 
     return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
                       num_workers=workers, collate_fn=collate, worker_init_fn=_worker_init,
                       pin_memory=torch.cuda.is_available())
-
-
-class ShardStream(IterableDataset):
-    """Streaming training views from tar shards (object storage, cluster file systems): shards are shuffled per
-    epoch and dealt to ranks and workers; samples pass through a seeded shuffle buffer."""
-
-    def __init__(self, shards: TarShards, transform: TrainTransform, seed: int = 0, rank: int = 0, world: int = 1,
-                 buffer: int = 1000):
-        self.shards, self.transform, self.seed = shards, transform, seed
-        self.rank, self.world, self.buffer, self.epoch = rank, world, buffer, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        order = np.random.default_rng((self.seed, self.epoch, 0x5AAD)).permutation(len(self.shards.shards))
-        mine = [int(s) for s in order[self.rank * nw + wid::self.world * nw]]
-        rng = np.random.default_rng((self.seed, self.epoch, self.rank, wid))
-        buf = []
-        for i, sample in self.shards.iterate(mine):
-            try:
-                image, shift = self.transform(sample.image, sample_rng(self.seed, self.epoch, i))
-                item = (image, sample.label, shift, i)
-            except Exception as e:
-                item = Skip(self.shards.path(i), getattr(e, "reason", type(e).__name__), str(e)[:200])
-            buf.append(item)
-            if len(buf) >= self.buffer:
-                yield buf.pop(int(rng.integers(len(buf))))
-        rng.shuffle(buf)
-        yield from buf

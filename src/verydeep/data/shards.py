@@ -1,14 +1,12 @@
-"""WebDataset-style tar shards: each sample is the members ``<key>.jpg`` (or .png ...: the original encoded bytes),
+"""Reading WebDataset-style tar shards (pack.py writes them): each sample is the members ``<key>.jpg`` (or .png ...: the original encoded bytes),
 ``<key>.cls`` (the label) and ``<key>.json`` (source path, boxes), consecutive in a plain tar, so a shard can be
 streamed from object storage or a cluster file system. ``shards.json`` lists the classes and shards, and
 ``shards.offsets.npy`` the byte offsets that also give random access to local shards."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import re
 import tarfile
 from pathlib import Path
 from typing import Iterator
@@ -17,93 +15,11 @@ import numpy as np
 
 from ..errors import UserError
 from ..transforms import MAX_FILE_BYTES, BadImage
-from ..utils import atomic_write
 from .sources import Sample, Source
 
 log = logging.getLogger("verydeep.data")
 SHARD_INDEX = "shards.json"
 OFFSETS = "shards.offsets.npy"  # int64 (N, 6): shard, image offset, image size, json offset, json size, label
-
-
-def parse_shard_size(text: str | int) -> tuple[int | None, int | None]:
-    """'1000' -> (1000 samples, None); '512MB' -> (None, 512 * 2**20 bytes)."""
-    if isinstance(text, int):
-        return text, None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(text), re.I)
-    if not m:
-        raise UserError(f"--shard-size {text!r}: give a sample count (1000) or a size (512MB, 1GB)")
-    value, unit = float(m.group(1)), (m.group(2) or "").upper()
-    if not unit:
-        return int(value), None
-    mult = {"B": 1, "KB": 2**10, "KIB": 2**10, "MB": 2**20, "MIB": 2**20, "GB": 2**30, "GIB": 2**30,
-            "TB": 2**40, "TIB": 2**40}[unit]
-    return None, int(value * mult)
-
-
-def _encode(sample: Sample) -> tuple[bytes, str]:
-    if isinstance(sample.image, (bytes, bytearray)):
-        ext = Path(sample.path).suffix.lower().lstrip(".") or "jpg"
-        return bytes(sample.image), "jpg" if ext == "jpeg" else ext
-    buf = io.BytesIO()
-    sample.image.save(buf, "PNG")  # pixels from an array source: lossless
-    return buf.getvalue(), "png"
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> tuple[int, int]:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))  # data follows the header
-    tar.addfile(info, io.BytesIO(data))
-    return offset, len(data)
-
-
-def pack(source: Source, dst: str | os.PathLike, shard_size: str | int = "1000", progress: bool = True) -> dict:
-    """Write a source as tar shards in dst (shard-000000.tar, ...), with shards.json and offsets."""
-    from tqdm import tqdm
-
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    max_count, max_bytes = parse_shard_size(shard_size)
-    shards, offsets, skipped = [], [], 0
-    tar, count, nbytes = None, 0, 0
-
-    def close():
-        if tar is not None:
-            tar.close()
-            shards[-1]["count"] = count
-
-    for i in tqdm(range(len(source)), desc="pack", unit="img", disable=not progress):
-        try:
-            sample = source.read(i)
-        except BadImage as e:
-            log.warning("%s: skipped (%s)", source.path(i), e)
-            skipped += 1
-            continue
-        data, ext = _encode(sample)
-        meta = json.dumps({"path": sample.path, "boxes": sample.boxes.tolist(),
-                           "box_labels": sample.box_labels.tolist(), "size": sample.size}).encode()
-        if tar is None or (max_count and count >= max_count) or (max_bytes and nbytes + len(data) > max_bytes
-                                                                   and count):
-            close()
-            name = f"shard-{len(shards):06d}.tar"
-            shards.append({"name": name, "count": 0})
-            tar = tarfile.open(dst / name, "w", format=tarfile.USTAR_FORMAT)
-            count, nbytes = 0, 0
-        key = f"{i:09d}"
-        img_off, img_size = _add(tar, f"{key}.{ext}", data)
-        _add(tar, f"{key}.cls", str(sample.label).encode())
-        json_off, json_size = _add(tar, f"{key}.json", meta)
-        offsets.append((len(shards) - 1, img_off, img_size, json_off, json_size, sample.label))
-        count += 1
-        nbytes += len(data) + len(meta) + 1536
-    close()
-    if not offsets:
-        raise UserError(f"{source.root}: nothing to pack (every image skipped)")
-    np.save(dst / OFFSETS, np.asarray(offsets, np.int64))
-    index = {"format": "verydeep-shards/1", "classes": list(source.classes), "shards": shards,
-             "count": len(offsets), "skipped": skipped}
-    atomic_write(dst / SHARD_INDEX, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
-    return index
 
 
 class TarShards(Source):

@@ -307,26 +307,3 @@ class VOC(Source):
         boxes, labels, size = self._ann[i]
         return Sample(read_bytes(self.path(i)), int(labels[0]) if len(labels) else -1, self.path(i), boxes, labels,
                       size)
-
-
-def open_source(path: str | os.PathLike, split: str | None = None, **kw) -> Source:
-    """Open a dataset by path: a shard folder or index (shards.json), 'fashion-mnist[:train|test]', a folder with a
-    labels file (labels.txt / val_labels.txt), or an ImageNet-layout folder (with <path>/<split> if given)."""
-    from .fashion_mnist import FashionMNIST
-    from .shards import SHARD_INDEX, TarShards
-
-    spec = str(path)
-    if spec.startswith("fashion-mnist"):
-        _, _, which = spec.partition(":")
-        return FashionMNIST(which or split or "train")
-    path = Path(path)
-    if split and (path / split).is_dir():
-        path = path / split
-    if path.name == SHARD_INDEX or (path / SHARD_INDEX).is_file():
-        return TarShards(path)
-    if (path / "JPEGImages").is_dir() and (path / "ImageSets").is_dir():
-        return VOC(path, split or "trainval")
-    for name in ("labels.txt", "val_labels.txt"):
-        if (path / name).is_file():
-            return ImageList(path, path / name, **kw)
-    return ImageFolder(path, **kw)

@@ -11,6 +11,7 @@ import numpy as np
 
 from PIL import Image
 
+from ..config import positional
 from ..errors import UserError
 from ..transforms import BadImage, as_rgb
 from ..utils import atomic_write
@@ -100,4 +101,30 @@ def load(path: Path) -> ColourStats | None:
         raise UserError(f"{path}: malformed colour statistics ({e}); delete it to recompute them") from None
     if not ok:
         raise UserError(f"{path}: malformed colour statistics (expected 3 channels); delete it to recompute them")
+    return st
+
+
+@dataclass
+class StatsConfig:
+    data: str = positional(default="")  # dataset: a folder (its train/ split when it has splits), shards, or
+    # fashion-mnist
+    max_images: int | None = None  # a seeded random subset of this many images (default: every image)
+    side: int = 128                # each image is shrunk to at most twice this on its longer side first
+    out: str | None = None         # output JSON (default: verydeep_stats.json beside the training images, e.g.
+    # DATA/train/verydeep_stats.json, where training looks for it)
+
+
+def run(cfg: StatsConfig) -> ColourStats:
+    """`verydeep data stats`: mean RGB and the RGB covariance's eigen-decomposition of the training set."""
+    from .open import open_source, splits_of
+
+    if not cfg.data:
+        raise UserError("give the dataset")
+    source = open_source(cfg.data, split="train" if splits_of(Path(cfg.data)) else None)
+    st = compute(source, max_images=cfg.max_images, side=cfg.side)
+    out = Path(cfg.out) if cfg.out else default_path(source)
+    save(st, out)
+    print(f"{st.images} images ({st.pixels:,} pixels) from {source.root}")
+    print(f"mean RGB {tuple(round(v, 3) for v in st.mean)}; covariance eigenvalues "
+          f"{tuple(round(v, 3) for v in st.eigval)}; wrote {out}")
     return st

@@ -1,6 +1,7 @@
-"""Weights in every released format (PAPER.md section 8): torchvision .pth, Keras .h5, Caffe .caffemodel, and
-verydeep's own safetensors files. Each reader turns a file into one format-neutral ``Tensors`` set (torch layouts,
-layers in network order); ``assign`` maps it onto a model by order, checking every shape.
+"""Weights in every released format (PAPER.md section 8), one module per format in this package: a reader turns a
+file into one format-neutral ``Tensors`` set (torch layouts, layers in network order) and registers itself with
+``base.register`` (how to detect it, how to read it); every module here is imported, so a new format is one new
+file. ``build`` maps a Tensors set onto a model by order, checking every shape, and gives it its card (card.py).
 
 Hostile files: nothing is allocated on a file's word. Readers bound what they read by the file's own size (torch
 files memory-mapped, protobuf and safetensors data present in the file, HDF5 datasets declared at most a few times
@@ -8,37 +9,29 @@ the file and read only later, as ``Lazy`` tensors). ``build`` then makes the mod
 every shape and dtype of the file against it, and only then allocates the model and reads the data."""
 from __future__ import annotations
 
+import importlib
 import math
 import os
-from dataclasses import dataclass, field
+import pkgutil
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from ..card import Card, Preprocess
 from ..errors import WeightsError
-from ..models import VERYDEEP, VGG, Preprocess, VGGConfig, config_name, model_config
+from ..models import VGG, config_name, model_config
+from .base import FORMATS, Lazy, Tensors
 
-FORMATS = ("verydeep", "torchvision", "keras", "caffe")
 
-
-@dataclass
-class Lazy:
-    """A tensor known by shape and dtype, read only when asked (after its shape was checked against a model)."""
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    read: Callable[[], np.ndarray]   # returns the data in this shape (torch layout)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def load(self) -> torch.Tensor:
-        arr = np.asarray(self.read())
-        if tuple(arr.shape) != tuple(self.shape):
-            raise ValueError(f"read {arr.shape}, expected {self.shape}")
-        return torch.from_numpy(np.ascontiguousarray(arr))
+@lru_cache(maxsize=1)
+def formats() -> dict:
+    """Every format module of this package, imported once (each registers itself)."""
+    for m in pkgutil.iter_modules(__path__):
+        if m.name != "base":
+            importlib.import_module(f"{__name__}.{m.name}")
+    return FORMATS
 
 
 def materialise(t) -> torch.Tensor:
@@ -51,86 +44,35 @@ def _is_float(t) -> bool:
     return t.dtype.is_floating_point
 
 
-@dataclass
-class Layer:
-    name: str                       # the layer's name in the file
-    weight: torch.Tensor | Lazy     # torch layout: (out, in, kh, kw) or (out, in)
-    bias: torch.Tensor | Lazy | None
-
-
-@dataclass
-class Tensors:
-    """A weight file's contents, format-neutral."""
-
-    fmt: str
-    convs: list[Layer]
-    fcs: list[Layer]
-    bns: list[dict[str, torch.Tensor]] = field(default_factory=list)  # one per conv layer when present
-    fc6_layout: str = "nchw"        # how fc6's input is flattened; Keras flattens NHWC
-    preprocess: Preprocess = VERYDEEP
-    config: VGGConfig | None = None  # verydeep files carry their architecture
-    class_names: list[str] | None = None
-    train_scale: tuple[int, int] | None = None
-    box: tuple[str, int] | None = None  # localisation nets: (mode, classes)
-    lrn: bool | None = None          # whether the file's network has an LRN layer (A-LRN), where the file says
-
-
-MAGIC_HDF5 = b"\x89HDF\r\n\x1a\n"
-
-
 def detect_format(path: str | os.PathLike) -> str:
-    """Guess a weight file's format from its first bytes (and, for protobuf, which has no magic, its name)."""
+    """A weight file's format from its first bytes (and, for formats without a magic number, its name)."""
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"{path}: no such file")
     if path.is_dir():
         raise WeightsError(f"{path}: is a directory, not a weight file")
-    size = path.stat().st_size
-    if size == 0:
+    if path.stat().st_size == 0:
         raise WeightsError(f"{path}: empty file")
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(64)
     except OSError as e:
         raise WeightsError(f"{path}: cannot read ({e.strerror})") from None
-    if head.startswith(MAGIC_HDF5):
-        return "keras"
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch zip archive or legacy pickle
-        return "torchvision"
-    if len(head) >= 9:
-        n = int.from_bytes(head[:8], "little")
-        if 2 <= n <= 100_000_000 and head[8:9] == b"{":  # a safetensors JSON header, possibly truncated
-            return "verydeep"
-    if path.suffix.lower() in (".caffemodel", ".binaryproto", ".pb"):
-        return "caffe"
-    # Protobuf has no magic number: a NetParameter starts with field 1 (name), 2 (layers) or 100 (layer) tags.
-    if head[:1] in (b"\x0a", b"\x12", b"\xa2"):
-        return "caffe"
-    raise WeightsError(f"{path}: unrecognised weight file format (expected torchvision .pth, Keras .h5, "
-                       f"Caffe .caffemodel or verydeep .safetensors)")
+    for fmt in sorted(formats().values(), key=lambda f: f.order):
+        if fmt.detect(head, path):
+            return fmt.name
+    raise WeightsError(f"{path}: unrecognised weight file format (known: {', '.join(sorted(formats()))})")
 
 
 def read(path: str | os.PathLike, fmt: str | None = None) -> Tensors:
     """Read any supported weight file into a Tensors set."""
     fmt = fmt or detect_format(path)
-    if fmt == "verydeep":
-        from .native import read as reader
-    elif fmt == "torchvision":
-        from .torchvision import read as reader
-    elif fmt == "keras":
-        from .keras import read as reader
-    elif fmt == "caffe":
-        from .caffe import read as reader
-    else:
-        raise WeightsError(f"{path}: unknown format {fmt!r}; choose one of {FORMATS}")
-    t = reader(Path(path))
+    if fmt not in formats():
+        raise WeightsError(f"{path}: unknown format {fmt!r}; choose one of {', '.join(sorted(formats()))}")
+    t = formats()[fmt].read(Path(path))
     if not t.convs:
         raise WeightsError(f"{path}: no convolution layers found in this {fmt} file")
     return t
-
-
-def _shape(t) -> tuple:
-    return tuple(t.shape)
 
 
 def _plan(model: VGG, t: Tensors, path, strict: bool) -> list[tuple[torch.Tensor, object, str, bool]]:
@@ -153,8 +95,8 @@ def _plan(model: VGG, t: Tensors, path, strict: bool) -> list[tuple[torch.Tensor
     if t.lrn is not None and t.lrn != model.config.lrn:
         raise WeightsError(f"{path}: the file's network {'has' if t.lrn else 'has no'} LRN layer; model {arch} "
                            f"{'has one' if model.config.lrn else 'has none'} (A and A-LRN differ only there)")
-    if t.config is not None:
-        have, want = t.config, model.config
+    if t.card is not None:
+        have, want = t.card.config, model.config
         if (have.config, have.lrn, have.batch_norm) != (want.config, want.lrn, want.batch_norm):
             raise WeightsError(f"{path}: file holds a {config_name(have)} model, not {arch}")
     plan = []
@@ -203,18 +145,19 @@ def assign(model: VGG, t: Tensors, path: str | os.PathLike = "<weights>", strict
         if not torch.isfinite(w).all():
             raise WeightsError(f"{path}: {name}: contains NaN or infinite values")
         dst.copy_(w.to(dst.dtype))
-    model.input_convention = t.preprocess
-    if t.class_names is not None:
-        model.class_names = list(t.class_names)
-    if t.train_scale is not None:
-        model.train_scale = tuple(t.train_scale)
-    if t.box is not None:
-        model.box_mode, model.box_classes = t.box
+
+
+def _card(t: Tensors, cfg, preprocess: Preprocess | None) -> Card:
+    """The card of weights read from a file: the file's own, or what its origin implies."""
+    card = t.card if t.card is not None else Card(cfg, preprocess=t.preprocess, origin=t.fmt, pooling=t.pooling)
+    return card.but(preprocess=preprocess) if preprocess is not None else card
 
 
 def load_into(model: VGG, path: str | os.PathLike, strict: bool = True, fmt: str | None = None) -> VGG:
-    """Load a weight file of any format into an existing model."""
-    assign(model, read(path, fmt), path, strict)
+    """Load a weight file of any format into an existing model (its card follows the file)."""
+    t = read(path, fmt)
+    assign(model, t, path, strict)
+    model.card = _card(t, model.config, None)
     return model
 
 
@@ -235,15 +178,15 @@ def _inferred_options(t: Tensors) -> dict:
     return opts
 
 
-def build(name: str | None, path: str | os.PathLike, *, num_classes: int | None = None,
+def build(path: str | os.PathLike, name: str | None = None, *, num_classes: int | None = None,
           preprocess: Preprocess | None = None, strict: bool = True, fmt: str | None = None, **options) -> VGG:
-    """Build a model and load weights: the architecture from `name` and options, sizes the caller left out taken
-    from the file (verydeep files carry their whole config)."""
+    """A model with a weight file's weights: the architecture from `name` and options, sizes the caller left out
+    taken from the file (verydeep files carry their whole card)."""
     t = read(path, fmt)
     if num_classes is not None:
         options["num_classes"] = num_classes
-    if t.config is not None:
-        cfg = t.config
+    if t.card is not None:
+        cfg = t.card.config
         if name is not None:
             want = model_config(name)
             if (want.config, want.lrn, want.batch_norm) != (cfg.config, cfg.lrn, cfg.batch_norm):
@@ -262,20 +205,19 @@ def build(name: str | None, path: str | os.PathLike, *, num_classes: int | None 
             raise WeightsError(f"{path}: {e}") from None
     with torch.device("meta"):  # every shape checked against the file before anything is allocated
         _plan(VGG(cfg), t, path, strict)
-    model = VGG(cfg)
+    model = VGG(_card(t, cfg, preprocess))
     assign(model, t, path, strict)
-    if preprocess is not None:
-        model.input_convention = preprocess
     return model
 
 
+def load(path: str | os.PathLike, name: str | None = None, **options) -> VGG:
+    """The one way to load a net, whatever the file: verydeep files need nothing else, other formats the model
+    name. In eval mode (dropout off), ready to predict; ``model.train()`` to fine-tune."""
+    return build(path, name, **options).eval()
+
+
 def save(model: VGG, path: str | os.PathLike) -> None:
-    """Write verydeep's own format: safetensors weights plus a JSON header with the config and preprocessing."""
+    """Write verydeep's own format: safetensors weights plus the model card in the header."""
     from .native import write
 
     write(model, Path(path))
-
-
-def load(path: str | os.PathLike, name: str | None = None, **kwargs) -> VGG:
-    """Build a model from a weight file: verydeep files need nothing else; other formats need the model name."""
-    return build(name, path, **kwargs)

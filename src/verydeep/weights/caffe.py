@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from ..errors import WeightsError
-from ..models import CAFFE
-from . import Layer, Tensors
+from ..card import CAFFE
+from .base import Layer, Tensors, register
 
 # (message, [(field, number, label, type, type_name, packed)]) from BVLC caffe.proto (src/caffe/proto/caffe.proto).
 _OPT, _REP = 1, 3
@@ -94,6 +94,12 @@ def _blob(blob, path: Path, where: str) -> torch.Tensor:
     return torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))
 
 
+def _is_caffe(head: bytes, path: Path) -> bool:
+    """Protobuf has no magic number: the name, or a NetParameter's first tag: field 1 (name), 2 (layers) or 100."""
+    return path.suffix.lower() in (".caffemodel", ".binaryproto", ".pb") or head[:1] in (b"\x0a", b"\x12", b"\xa2")
+
+
+@register("caffe", detect=_is_caffe, order=90)
 def read(path: Path) -> Tensors:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 from ..errors import WeightsError
-from ..models import CAFFE
-from . import Layer, Lazy, Tensors
+from ..card import CAFFE
+from .base import Layer, Lazy, Tensors, register
+
+MAGIC_HDF5 = b"\x89HDF\r\n\x1a\n"
 
 # HDF5 datasets can declare more than the file holds (unallocated or compressed storage). Keras writes weights
 # uncompressed, so a weight file declares about its own size; more than this many times is refused unread.
@@ -103,6 +105,7 @@ def _transposed(t: Lazy, axes: tuple[int, ...]) -> Lazy:
     return Lazy(tuple(t.shape[a] for a in axes), t.dtype, lambda: t.read().transpose(axes))
 
 
+@register("keras", detect=lambda head, path: head.startswith(MAGIC_HDF5), order=20)
 def read(path: Path) -> Tensors:
     try:
         import h5py

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
+from ..card import TORCHVISION, Card
 from ..checkpoint import torch_load
 from ..errors import UserError, WeightsError
-from ..models import TORCHVISION, Preprocess, VGGConfig
-from . import Layer, Tensors
+from .base import Layer, Tensors, register
 
 _KEY = re.compile(r"^(features|classifier)\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
 
@@ -60,6 +60,11 @@ def from_state_dict(sd: dict[str, torch.Tensor], path: Path, fmt: str) -> Tensor
     return Tensors(fmt, convs, fcs, bns)
 
 
+def _is_torch(head: bytes, path: Path) -> bool:
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # a torch zip archive or a legacy pickle
+
+
+@register("torchvision", detect=_is_torch, order=40)
 def read(path: Path) -> Tensors:
     try:  # memory-mapped, without code: nothing larger than the file is read, no pickle runs a function
         obj = torch_load(path, "PyTorch state dict")
@@ -68,16 +73,18 @@ def read(path: Path) -> Tensors:
             from None
     t = from_state_dict(unwrap(obj, path), path, "torchvision")
     t.preprocess = TORCHVISION
-    if isinstance(obj, dict) and "model_config" in obj:  # a verydeep training checkpoint carries its architecture
+    if isinstance(obj, dict) and ("card" in obj or "model_config" in obj):  # a verydeep training checkpoint
         try:
-            t.fmt, t.config = "verydeep checkpoint", VGGConfig.from_dict(obj["model_config"])
-            t.preprocess = Preprocess.from_dict(obj["preprocess"])
-            t.class_names = obj.get("class_names")
-            cfg = obj.get("config") or {}
-            if cfg.get("scale_min"):
-                t.train_scale = (int(cfg["scale_min"]), int(cfg["scale_max"]))
-            if t.class_names is not None and len(t.class_names) != t.config.num_classes:
-                raise ValueError(f"{len(t.class_names)} class names for {t.config.num_classes} classes")
+            t.fmt = "verydeep checkpoint"
+            if "card" in obj:
+                t.card = Card.from_dict(obj["card"])
+            else:  # checkpoints of verydeep 0.1 (before the card)
+                cfg = obj.get("config") or {}
+                t.card = Card.from_dict({"config": obj["model_config"], "preprocess": obj["preprocess"],
+                                         "class_names": obj.get("class_names"),
+                                         "train_scale": [cfg["scale_min"], cfg["scale_max"]]
+                                         if cfg.get("scale_min") else None})
+            t.preprocess, t.pooling = t.card.preprocess, t.card.pooling
         except (KeyError, TypeError, ValueError) as e:
             raise WeightsError(f"{path}: malformed verydeep checkpoint header ({e})") from None
     return t
