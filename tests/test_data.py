@@ -261,7 +261,7 @@ def test_fashion_mnist_found_in_verydeep_data(fake_fmnist, tmp_path):
     s = src.read(2)
     assert s.label == 2 and s.image.size == (28, 28)
     out, _ = TrainTransform(32, 40, crop=32)(s.image, np.random.default_rng(0))
-    assert out.shape == (3, 32, 32)
+    assert out.shape == (32, 32, 3)  # HWC: batches become channels-last tensors without a copy
 
 
 def test_fashion_mnist_download_checks_sha256(fake_fmnist, tmp_path):
@@ -367,7 +367,7 @@ def test_extreme_aspect_ratio_costs_a_crop_in_validation_and_is_skipped_whole(tm
     src = ImageFolder(d)
     i = next(k for k in range(len(src)) if src.path(k).endswith("thin.png"))
     view, label, _, _ = CenterCropDataset(src, 37, 32)[i]  # validation: the crop's box only
-    assert view.shape == (3, 32, 32) and label == 0
+    assert view.shape == (32, 32, 3) and label == 0
     with pytest.raises(BadImage, match=r"extreme aspect ratio \(400000x1 would be 14800000x37"):
         check_whole_image(400000, 1, 37)
     ev = Evaluator(tiny("A", num_classes=3, crop_size=32), batch_size=4, workers=0, precision="fp32",
@@ -396,3 +396,20 @@ def test_shard_offsets_that_lie(folder, tmp_path):
     from verydeep.transforms import BadImage
     with pytest.raises(BadImage, match="malformed shard index"):
         open_source(tmp_path / "sh").read(3)
+
+
+@pytest.mark.parametrize("smin,smax", [(64, 64), (60, 100)])
+def test_images_in_memory_give_the_views_of_the_files(folder, smin, smax):
+    """The in-memory cache draws each sample's views from the same generator as the file path: the same crops,
+    flips and colour shifts; a fixed S's whole-image rescale differs from a crop-box resize by rounding only."""
+    tf = TrainTransform(smin, smax, crop=56)
+    files = list(TrainLoader(ImageFolder(folder), tf, LoaderConfig(batch_size=4, workers=0, seed=3,
+                                                                   cache=False)).epoch(1))
+    loader = TrainLoader(ImageFolder(folder), tf, LoaderConfig(batch_size=4, workers=2, seed=3, cache=True))
+    memory = list(loader.epoch(1))
+    assert loader.cache is not None and loader.loader.num_workers == (0 if smin == smax else 2)
+    assert len(files) == len(memory)
+    for a, b in zip(files, memory):
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.shifts, b.shifts) and torch.equal(a.labels, b.labels)
+        assert b.images.is_contiguous(memory_format=torch.channels_last)
+        assert (a.images.int() - b.images.int()).abs().max() <= (1 if smin == smax else 0)

@@ -88,6 +88,30 @@ def test_multiclass_protocol_on_separable_features():
         T.multiclass(x, labels, train_per_class=20)
 
 
+def test_difficult_only_images_count_for_neither_side(tmp_path):
+    """The VOC devkit's rule: an image whose only objects of a class are marked difficult is ignored for it."""
+    root = tmp_path / "VOC"
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    (root / "ImageSets" / "Main" / "test.txt").write_text("a\nb\n")
+    obj = "<object><name>{}</name><difficult>{}</difficult><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax>" \
+          "<ymax>5</ymax></bndbox></object>"
+    (root / "Annotations" / "a.xml").write_text(f"<annotation>{obj.format('cat', 1)}{obj.format('dog', 0)}</annotation>")
+    (root / "Annotations" / "b.xml").write_text(f"<annotation>{obj.format('cat', 0)}{obj.format('cat', 1)}</annotation>")
+    has, ignore = VOC(root, "test").targets()
+    cat, dog = VOC.classes.index("cat"), VOC.classes.index("dog")
+    assert (has[0, cat], ignore[0, cat], has[0, dog], has[1, cat], ignore[1, cat]) == (False, True, True, True, False)
+    # an ignored image scored above every positive would otherwise be a false positive
+    rng = np.random.default_rng(0)
+    t = np.array([1, 0] * 20 + [0], bool)[:, None]
+    x = (t * 2.0 + rng.normal(0, 0.3, t.shape)).astype(np.float32)
+    x[-1] = 5.0
+    ig = np.zeros_like(t)
+    ig[-1] = True
+    train, test = np.arange(30), np.arange(30, 41)
+    assert T.multilabel(x, t, train, test, ignore=ig)["map_area"] > T.multilabel(x, t, train, test)["map_area"]
+
+
 def test_multilabel_protocol():
     rng = np.random.default_rng(1)
     t = rng.random((60, 3)) < 0.4
@@ -111,8 +135,9 @@ def test_voc_layout_and_cli(nets, tmp_path, capsys):
                                                                  ("person", (5, 5, 9, 9))])
     src = open_source(root, split="trainval")
     assert isinstance(src, VOC) and len(src) == 12
-    t = src.targets()
+    t, ignore = src.targets()
     assert t.shape == (12, 20) and t[:, VOC.classes.index("person")].all() and t[0, VOC.classes.index("dog")]
+    assert not ignore.any()
     a, _ = nets
     import verydeep as vd
     vd.save(a, tmp_path / "a.safetensors")
@@ -129,3 +154,15 @@ def test_transfer_refuses_features_that_do_not_match_their_index(tmp_path):
     (tmp_path / "f.json").write_text(json.dumps({"labels": [0, 1, 0], "classes": ["a", "b"]}))
     r = main(["transfer", "--features", str(tmp_path / "f.npy")])
     assert r == 2
+
+
+def test_transfer_defaults_follow_the_named_dataset():
+    from verydeep.config import build
+    from verydeep.transfer import TransferConfig
+
+    c = build(TransferConfig)  # Caltech-101 (Appendix B): 30 training, at most 50 test images per class
+    assert (c.train_per_class, c.test_per_class) == (30, 50)
+    c = build(TransferConfig, {"dataset": "caltech256"})
+    assert (c.train_per_class, c.test_per_class) == (60, 0)  # 0: all the rest
+    c = build(TransferConfig, {"dataset": "caltech256", "test_per_class": 25})  # what is given wins
+    assert c.test_per_class == 25

@@ -107,3 +107,24 @@ def test_localize_cli_train_evaluate_predict(boxes, classifier, tmp_path, capsys
     assert out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(vd.UserError, match="not a localisation net"):
         L.box_net(vd.load(tmp_path / "cls.safetensors"), tmp_path / "cls.safetensors")
+
+
+def test_fusing_localisation_nets_pools_their_boxes(classifier, boxes, tmp_path, capsys):
+    """Table 9: several localisation nets' boxes all join the greedy merge. A net fused with itself gives its own
+    boxes, each merged twice as strongly."""
+    from PIL import Image
+
+    net = L.localisation_net(classifier, "pcr")
+    img = Image.open(boxes / "val" / "blue" / "blue_1.png").convert("RGB")
+    one = L.dense_boxes(L.Dense(net, classifier), img, [40, 56], top_k=2)
+    two = L.dense_boxes(L.Dense([net, net], classifier), img, [40, 56], top_k=2)
+    for (c1, p1, b1, s1), (c2, p2, b2, s2) in zip(one, two):
+        assert (c1, p1) == (c2, p2) and s2 == pytest.approx(2 * s1)
+        np.testing.assert_allclose(b1, b2, atol=1e-4)
+    vd.save(net, tmp_path / "loc.safetensors")
+    vd.save(classifier, tmp_path / "cls.safetensors")
+    args = ["localize", "evaluate", "--weights", str(tmp_path / "loc.safetensors"), "--weights",
+            str(tmp_path / "loc.safetensors"), "--classifier", str(tmp_path / "cls.safetensors"), "--data", str(boxes),
+            "--scales", "40", "--no-progress"]
+    assert main(args + ["--protocol", "dense"]) == 0 and "2 nets fused" in capsys.readouterr().out
+    assert main(args) == 2  # protocol 1 takes one net

@@ -94,13 +94,31 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
     build(data, MiniConfig(train_per_class=8, val_per_class=2, test_per_class=2, min_side=48, max_side=64),
           fake_arrays(per_class_train=12), workers=1, progress=False)
     cfg = R.StudyConfig(out=str(tmp_path / "study"), data=str(data), seeds=[0], crop=32, width=1 / 8, fc_width=32,
-                        batch_size=8, epochs=1, finetune_epochs=1, test_images=20, workers=0, precision="fp32",
+                        batch_size=8, max_epochs=1, init_epochs=1, finetune_epochs=1, test_images=20, workers=0, precision="fp32",
                         quick=True)
     study = R.Study(cfg)
     cells = study.run()
     assert set(cells) == {"t3", "t4", "t5"} and set(cells["t3"]) == {"A", "D"}
     text = write_report(study, cells)
     assert "Table 3" in text and "| A |" in text and (tmp_path / "study" / "REPORT.md").is_file()
+    # the recipe and each net's schedule are in the report
+    assert "## The recipe" in text and "| dropout | 0.5 on fc6, fc7 | 0.5 |" in text
+    assert study.schedule("D", 0)["epochs"] == 1 and "| D | from A | 1 |" in text
     before = (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime
     R.Study(cfg).run()  # cached: nothing retrained
     assert (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime == before
+
+
+def test_verdict_needs_two_standard_errors_in_the_papers_direction():
+    from verydeep.report import paired, verdict
+
+    # three seeds, effect 1.0 +- 0.5: SE = 0.29, 3.5 SE -> reproduced; 0.5 +- 0.5: 1.7 SE -> inconclusive
+    assert verdict(1.0, 0.5, 3, +1) == "reproduced"
+    assert verdict(0.5, 0.5, 3, +1) == "inconclusive"
+    assert verdict(-1.0, 0.5, 3, +1) == "not reproduced (opposite)"
+    assert verdict(1.0, 0.5, 1, +1).startswith("1 seed")
+    # a claim of no effect: reproduced unless the variant helps by 2 SE
+    assert verdict(0.3, 0.5, 3, 0) == "reproduced (no gain)" and verdict(-2.0, 0.5, 3, 0) == "reproduced (no gain)"
+    assert verdict(2.0, 0.5, 3, 0) == "not reproduced (it helps)"
+    m, s, n = paired({0: (30.0, 5.0), 1: (28.0, 5.0), 2: (1.0, 0.0)}, {0: (29.0, 4.0), 1: (26.0, 4.0)})
+    assert (m, n) == (1.5, 2) and abs(s - 0.7071) < 1e-3  # only seeds both sides ran

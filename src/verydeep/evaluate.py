@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import paper
 from .config import repeated
-from .data.loader import Skip, _worker_init
+from .data.loader import Skip, _worker_init, usable_workers
 from .data.sources import Source
 from .errors import ConfigError, UserError
 from .models import VGG
@@ -249,8 +249,8 @@ class Evaluator:
         valid = np.zeros(n, bool)
         paths = [""] * n
         loader = DataLoader(ScaledImages(source, scales), batch_size=1, collate_fn=_first,
-                            num_workers=self.workers, worker_init_fn=_worker_init,
-                            prefetch_factor=8 if self.workers else None)
+                            num_workers=usable_workers(self.workers), worker_init_fn=_worker_init,
+                            prefetch_factor=8 if usable_workers(self.workers) else None)
         buckets: dict = defaultdict(list)   # (Q, H, W) -> [(index, uint8 image)] for dense
         pending: list = []                  # (index, Q, protocol, uint8 crops) for the crop protocols
         skipped = []

@@ -78,7 +78,8 @@ def extract(models: list[VGG], source: Source, out: str | Path, scales: list[int
                 "paths": [source.path(i) for i in range(n)],
                 "labels": source.labels().tolist(), "classes": list(source.classes), "skipped": []}
         if hasattr(source, "targets"):  # multi-label (VOC)
-            meta["targets"] = source.targets().astype(int).tolist()
+            has, ignore = source.targets()
+            meta["targets"], meta["ignore"] = has.astype(int).tolist(), ignore.astype(int).tolist()
         np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(n, dim)).flush()
     feats = np.load(npy, mmap_mode="r+")
     start = meta["done"]

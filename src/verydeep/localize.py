@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import paper
 from .config import positional, repeated
-from .data.loader import EpochSampler, _worker_init
+from .data.loader import EpochSampler, _worker_init, usable_workers
 from .data.sources import Source
 from .errors import UserError
 from .models import VGG
@@ -224,8 +224,9 @@ def fine_tune(classifier: VGG, source: Source, cfg: LocTrainConfig) -> tuple[VGG
     opt = optimizer(params, cfg.lr, cfg.momentum, cfg.weight_decay, device)
     ds = BoxCrops(source, scale, net.config.crop_size, cfg.seed)
     sampler = EpochSampler(len(source), True, cfg.seed)
+    workers = usable_workers(cfg.workers)
     loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=_collate,
-                        num_workers=cfg.workers, worker_init_fn=_worker_init, persistent_workers=cfg.workers > 0)
+                        num_workers=workers, worker_init_fn=_worker_init, persistent_workers=workers > 0)
     losses = []
     for epoch in range(cfg.epochs):
         sampler.set_epoch(epoch)
@@ -303,42 +304,48 @@ def centre_crop_error(net: VGG, source: Source, scale: int, precision: object = 
 
 
 class Dense:
-    """A localisation net and a classifier, prepared once to run densely (fast.FastVGG, one precision)."""
+    """Localisation nets and a classifier, prepared once to run densely (fast.FastVGG, one precision). Several
+    localisation nets are fused (Table 9): every net's box at every location and scale joins the greedy merge."""
 
-    def __init__(self, net: VGG, classifier: VGG, precision: object = "fp32"):
+    def __init__(self, nets: VGG | list[VGG], classifier: VGG, precision: object = "fp32"):
         from .fast import FastVGG
 
-        if (net.config.crop_size, net.config.config) != (classifier.config.crop_size, classifier.config.config):
-            raise UserError("the localisation and classification nets must share crop size and architecture")
-        self.net, self.classifier = net, classifier
-        self.boxes, self.scores = FastVGG(net, precision), FastVGG(classifier, precision)
-        self.precision = self.boxes.precision
+        self.nets = [nets] if isinstance(nets, VGG) else list(nets)
+        for net in self.nets:
+            if (net.config.crop_size, net.config.config) != (classifier.config.crop_size, classifier.config.config):
+                raise UserError("the localisation and classification nets must share crop size and architecture")
+        self.net, self.classifier = self.nets[0], classifier
+        self.boxes = [FastVGG(n, precision) for n in self.nets]
+        self.scores = FastVGG(classifier, precision)
+        self.precision = self.scores.precision
 
     @torch.inference_mode()
     def maps(self, img, scales: list[int]):
-        """The classifier's posteriors averaged over locations and scales, and per scale (rescale factor, class
-        posteriors per location (C, h, w), box outputs per location (4K, h, w))."""
+        """The classifier's posteriors averaged over locations and scales, and per scale and localisation net
+        (net, rescale factor, class posteriors per location (C, h, w), box outputs per location (4K, h, w))."""
         posterior, per_scale = 0, []
         for q in scales:
             big = rescale(img, q)
             x = to_uint8(big)[None].float() / 255
             scores = self.scores.score_map(self.classifier.preprocess(x))[0].softmax(0)
-            boxes = self.boxes.score_map(self.net.preprocess(x))[0]
             posterior = posterior + scores.mean((1, 2)) / len(scales)
-            per_scale.append((big.size[0] / img.size[0], scores.numpy(), boxes.numpy()))
+            for net, run in zip(self.nets, self.boxes):
+                boxes = run.score_map(net.preprocess(x))[0]
+                per_scale.append((net, big.size[0] / img.size[0], scores.numpy(), boxes.numpy()))
         return posterior, per_scale
 
 
-def merged_box(net: VGG, per_scale, c: int, threshold: float = 0.5) -> tuple[np.ndarray, float]:
+def merged_box(per_scale, c: int, threshold: float = 0.5) -> tuple[np.ndarray, float]:
     """Every location's box for class c (location (i, j) sees the crop-sized window at (32 j, 32 i) of the rescaled
-    image), scored by the class posterior there, greedily merged; the best merged box (image pixels) and score."""
-    crop, stride = net.config.crop_size, paper.POOL_STRIDE
+    image), of every localisation net, scored by the class posterior there, greedily merged; the best merged box
+    (image pixels) and score."""
+    stride = paper.POOL_STRIDE
     cand, cand_scores = [], []
-    for k, scores, boxes in per_scale:
+    for net, k, scores, boxes in per_scale:
         hh, ww = scores.shape[1:]
         b = boxes.reshape(-1, 4, hh, ww)[0 if net.box_mode == "scr" else c]
         jj, ii = np.meshgrid(np.arange(ww), np.arange(hh))
-        xyxy = to_xyxy(np.moveaxis(b, 0, -1) * crop) + np.stack([stride * jj, stride * ii] * 2, -1)
+        xyxy = to_xyxy(np.moveaxis(b, 0, -1) * net.config.crop_size) + np.stack([stride * jj, stride * ii] * 2, -1)
         cand.append(xyxy.reshape(-1, 4) / k)
         cand_scores.append(scores[c].reshape(-1))
     merged, merged_scores = greedy_merge(np.concatenate(cand), np.concatenate(cand_scores), threshold)
@@ -350,7 +357,7 @@ def dense_boxes(dense: Dense, img, scales: list[int], top_k: int = 5, threshold:
     most probable first."""
     posterior, per_scale = dense.maps(img, scales)
     top = posterior.topk(min(top_k, posterior.numel()))
-    return [(c, float(p), *merged_box(dense.net, per_scale, c, threshold))
+    return [(c, float(p), *merged_box(per_scale, c, threshold))
             for p, c in zip(top.values.tolist(), top.indices.tolist())]
 
 
@@ -383,8 +390,8 @@ def dense_error(dense: Dense, source: Source, scales: list[int], threshold: floa
             return bool(m.any() and iou(box[None], s.boxes[m]).max() > paper.IOU_CORRECT)
 
         top = posterior.topk(min(5, posterior.numel())).indices.tolist()
-        wrong_top5 += int(not any(hit(c, merged_box(dense.net, per_scale, c, threshold)[0]) for c in top))
-        wrong_gt += int(not hit(s.label, merged_box(dense.net, per_scale, s.label, threshold)[0]))
+        wrong_top5 += int(not any(hit(c, merged_box(per_scale, c, threshold)[0]) for c in top))
+        wrong_gt += int(not hit(s.label, merged_box(per_scale, s.label, threshold)[0]))
         n += 1
     return {"images": n, "top5_loc_error": wrong_top5 / max(n, 1), "gt_class_loc_error": wrong_gt / max(n, 1),
             "skipped": skipped}
@@ -431,7 +438,7 @@ def one_box_net(weights: list[str]) -> VGG:
 
 @dataclass
 class LocEvalConfig(RunOptions):
-    weights: list[str] = repeated()  # the localisation net
+    weights: list[str] = repeated()  # the localisation net (several, with --protocol dense: fused, Table 9)
     classifier: str | None = None  # the classification net (protocol 2: its top-5 classes)
     data: str = ""                 # dataset with boxes
     split: str = "val"             # the split of a folder holding train/, val/, test/
@@ -456,7 +463,10 @@ def evaluate_run(cfg: LocEvalConfig) -> dict:
     if not (cfg.weights and cfg.data):
         raise UserError("give --weights (a localisation net) and --data")
     device, policy = cfg.runtime()
-    net = one_box_net(cfg.weights)
+    if len(cfg.weights) > 1 and cfg.protocol != "dense":
+        raise UserError("several localisation nets are fused by the dense protocol (Table 9): add --protocol dense")
+    nets = [box_net(load(w), w) for w in cfg.weights]
+    net = nets[0]
     source = open_source(cfg.data, split=cfg.split)
     scales = parse_scales(cfg.scales, net)
     if cfg.protocol == "center":
@@ -467,9 +477,10 @@ def evaluate_run(cfg: LocEvalConfig) -> dict:
     else:
         if not cfg.classifier:
             raise UserError("protocol 2 (dense) needs --classifier: the net whose top-5 classes are localised")
-        dense = Dense(net, load(cfg.classifier), policy)
+        dense = Dense(nets, load(cfg.classifier), policy)
         r = dense_error(dense, source, scales, cfg.threshold, cfg.progress)
-        print(f"protocol 2 (dense, Q={scales}, greedy merge, {dense.precision}): top-5 localisation error "
+        fused = f", {len(nets)} nets fused" if len(nets) > 1 else ""
+        print(f"protocol 2 (dense, Q={scales}, greedy merge{fused}, {dense.precision}): top-5 localisation error "
               f"{100 * r['top5_loc_error']:.2f}%, with the ground-truth class {100 * r['gt_class_loc_error']:.2f}%"
               f" on {r['images']} images of {source.root}" + (f" ({r['skipped']} unusable skipped)"
                                                               if r["skipped"] else ""))

@@ -6,6 +6,7 @@ it for feature access and for the weight converters.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -282,21 +283,39 @@ class VGG(nn.Module):
 INIT_SCHEMES = ("paper", "glorot", "kaiming")
 
 
+def paper_fan_ins(cfg: VGGConfig) -> list[int]:
+    """Each weight layer's fan-in in the paper's own net of this configuration (width 1, FC 4096, 224 crops)."""
+    fans, c = [], cfg.in_channels
+    for block in BLOCKS[cfg.config]:
+        for co, k in block:
+            fans.append(c * k * k)
+            c = co
+    return fans + [c * 7 * 7, 4096, 4096]
+
+
 def init_weights(model: nn.Module, scheme: str = "paper") -> None:
     """PAPER.md section 2: "paper" = N(0, 0.01) weights, zero biases (the random init of net A); "glorot" = Glorot &
-    Bengio 2010 uniform (the post-submission note: works without pre-training); "kaiming" = He et al. 2015 normal."""
+    Bengio 2010 uniform (the post-submission note: works without pre-training); "kaiming" = He et al. 2015 normal.
+
+    "paper" on a narrower or smaller net (width < 1, smaller FC layers or crops) keeps each layer's gain, the std
+    times the square root of the fan-in, equal to the paper net's: std = 0.01 sqrt(paper fan-in / fan-in). At the
+    paper's geometry that is N(0, 0.01) exactly; at width 0.25 plain N(0, 0.01) halves every layer's gain and net A
+    never leaves chance (BENCHMARKS.md, the miniature study)."""
     if scheme not in INIT_SCHEMES:
         raise ConfigError(f"unknown init scheme {scheme!r}; choose one of {INIT_SCHEMES}")
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    reference = paper_fan_ins(model.config) if isinstance(model, VGG) else [None] * len(layers)
+    for m, ref in zip(layers, reference if len(reference) == len(layers) else [None] * len(layers)):
+        if scheme == "paper":
+            fan_in = m.weight[0].numel()
+            nn.init.normal_(m.weight, 0.0, INIT_STD * math.sqrt(ref / fan_in) if ref else INIT_STD)
+        elif scheme == "glorot":
+            nn.init.xavier_uniform_(m.weight)
+        else:
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(m.bias)
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            if scheme == "paper":
-                nn.init.normal_(m.weight, 0.0, INIT_STD)
-            elif scheme == "glorot":
-                nn.init.xavier_uniform_(m.weight)
-            else:
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -79,21 +80,24 @@ def multiclass(features: np.ndarray, labels: np.ndarray, train_per_class: int, s
 
 
 def multilabel(features: np.ndarray, targets: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int = 0,
-               cs=(0.01, 0.1, 1.0, 10.0), folds: int = 3) -> dict:
+               cs=(0.01, 0.1, 1.0, 10.0), folds: int = 3, ignore: np.ndarray | None = None) -> dict:
     """VOC protocol: one-vs-rest linear SVMs; per-class AP on the test part in both definitions, and their means.
-    A class without both positives and negatives in the training part, or without positives in the test part, has
-    no AP (NaN) and is left out of the means."""
+    `ignore` marks (image, class) pairs that count for neither side (the VOC devkit's difficult-only images). A
+    class without both positives and negatives in the training part, or without positives in the test part, has no
+    AP (NaN) and is left out of the means."""
     targets = np.asarray(targets, bool)
+    ignore = np.zeros_like(targets) if ignore is None else np.asarray(ignore, bool)
     ap07, ap12 = [], []
     for k in range(targets.shape[1]):
-        if len(np.unique(targets[train, k])) < 2 or not targets[test, k].any():
+        tr, te = train[~ignore[train, k]], test[~ignore[test, k]]
+        if len(np.unique(targets[tr, k])) < 2 or not targets[te, k].any():
             ap07.append(float("nan"))
             ap12.append(float("nan"))
             continue
-        clf = _svm(features[train], targets[train, k].astype(int), list(cs), folds, seed)
-        scores = clf.decision_function(features[test])
-        ap07.append(ap_voc07(scores, targets[test, k]))
-        ap12.append(ap_area(scores, targets[test, k]))
+        clf = _svm(features[tr], targets[tr, k].astype(int), list(cs), folds, seed)
+        scores = clf.decision_function(features[te])
+        ap07.append(ap_voc07(scores, targets[te, k]))
+        ap12.append(ap_area(scores, targets[te, k]))
     if all(np.isnan(ap12)):
         raise UserError("no class has positives and negatives in the training part and positives in the test part")
     return {"ap_voc07": ap07, "ap_area": ap12, "map_voc07": float(np.nanmean(ap07)),
@@ -126,12 +130,19 @@ def read_features(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray]:
 class TransferConfig:
     features: str = ""             # features written by `verydeep features` (OUT.npy with OUT.json beside)
     test_features: str | None = None  # multi-label (PASCAL VOC): the test part's features
-    train_per_class: int = paper.CALTECH_TRAIN_PER_CLASS["caltech101"]  # training images per class (Caltech-101:
-    # 30, Caltech-256: 60)
-    test_per_class: int | None = None  # test images per class at most (Caltech-101's protocol: 50; default: all)
+    dataset: Literal["caltech101", "caltech256"] = "caltech101"  # the split rule's defaults (Appendix B): Caltech-101
+    # 30 training and at most 50 test images per class; Caltech-256 60 training, the rest tested
+    train_per_class: int = paper.CALTECH_TRAIN_PER_CLASS["caltech101"]  # training images per class
+    test_per_class: int = paper.CALTECH_TEST_PER_CLASS  # test images per class at most (0: all the rest)
     splits: int = 3                # random splits (mean +- std over them)
     seed: int = 0                  # seed of the splits and of the cross-validation folds
     json: str | None = None        # write the results as JSON to this file
+
+    @classmethod
+    def presets(cls, given: dict) -> dict:
+        dataset = given.get("dataset", "caltech101")
+        return {"train_per_class": paper.CALTECH_TRAIN_PER_CLASS[dataset],
+                "test_per_class": paper.CALTECH_TEST_PER_CLASS if dataset == "caltech101" else 0}
 
 
 def run(cfg: TransferConfig) -> dict:
@@ -151,8 +162,10 @@ def run(cfg: TransferConfig) -> dict:
         dropped += int((~keep_t).sum())
         t = np.asarray(meta["targets"], bool)[keep]
         tt = np.asarray(mt["targets"], bool)[keep_t]
+        ig = np.concatenate([np.asarray(m.get("ignore", np.zeros_like(tg)), bool)[k]
+                             for m, tg, k in ((meta, meta["targets"], keep), (mt, mt["targets"], keep_t))])
         r = multilabel(np.concatenate([x[keep], xt[keep_t]]), np.concatenate([t, tt]), np.arange(len(t)),
-                       np.arange(len(t), len(t) + len(tt)), cfg.seed)
+                       np.arange(len(t), len(t) + len(tt)), cfg.seed, ignore=ig)
         for c, a07, a12 in zip(meta["classes"], r["ap_voc07"], r["ap_area"]):
             if a12 == a12:  # not NaN
                 print(f"{c:<14} AP {100 * a12:5.1f} (VOC2007 11-point {100 * a07:5.1f})")
@@ -161,7 +174,7 @@ def run(cfg: TransferConfig) -> dict:
     else:
         labels = np.asarray(meta["labels"])[keep]
         r = multiclass(np.asarray(x[keep]), labels, cfg.train_per_class, cfg.splits, cfg.seed,
-                       test_per_class=cfg.test_per_class)
+                       test_per_class=cfg.test_per_class or None)
         classes = meta.get("classes") or []
         print(f"mean class recall {100 * r['mean_class_recall']:.1f} +- {100 * r['std']:.1f} over {cfg.splits} "
               f"splits of {cfg.train_per_class} training images per class, {len(np.unique(labels))} classes"

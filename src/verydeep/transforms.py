@@ -216,14 +216,26 @@ class TrainTransform:
         return (np.asarray(self.eigvec, np.float64) @ (alpha * np.asarray(self.eigval, np.float64))).astype(
             np.float32)
 
-    def __call__(self, image: bytes | Image.Image, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
-        """One training view: uint8 (3, C, C) and the RGB colour shift to add after conversion to floats."""
+    def view(self, rng: np.random.Generator, size_at) -> tuple[int, int, int, bool, np.ndarray]:
+        """A sample's random choices, drawn in one order from its own generator: S, the crop's corner in the image
+        rescaled to S (`size_at(S)` is the image's (W, H) when decoded for S), the flip, the colour shift. Every
+        data path (files, the in-memory cache) draws through here: the same seed gives the same views."""
         s = self.sample_scale(rng)
-        img = as_rgb(image, s)
-        out = random_crop_resized(img, s, self.crop, rng)
-        if self.flip and rng.random() < 0.5:
-            out = out.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_uint8(out), self.colour_shift(rng)
+        x, y = crop_position(*scaled_size(*size_at(s), s), self.crop, rng)
+        flip = self.flip and bool(rng.random() < 0.5)
+        return s, x, y, flip, self.colour_shift(rng)
+
+    def __call__(self, image: bytes | Image.Image, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One training view: uint8 (C, C, 3) and the RGB colour shift to add after conversion to floats."""
+        decoded = {}
+
+        def size_at(s):
+            decoded["img"] = as_rgb(image, s)
+            return decoded["img"].size
+
+        s, x, y, flip, shift = self.view(rng, size_at)
+        out = np.asarray(crop_resized(decoded["img"], s, self.crop, x, y))
+        return (out[:, ::-1] if flip else out), shift
 
 
 def crop_position(w: int, h: int, crop: int, rng: np.random.Generator) -> tuple[int, int]:

@@ -8,6 +8,7 @@ end of the epoch; the run fails only when the skipped fraction passes a limit (1
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_worker_info
 
 from ..errors import UserError
-from ..transforms import TrainTransform, as_rgb, center_crop_resized, to_uint8
+from ..transforms import BadImage, TrainTransform, as_rgb, center_crop_resized
 from ..utils import die_with_parent
 from .sources import Source
 
@@ -31,7 +32,7 @@ class Skip(NamedTuple):
 
 
 class Batch(NamedTuple):
-    images: torch.Tensor   # uint8 (N, 3, C, C)
+    images: torch.Tensor   # uint8 (N, 3, C, C), channels-last in memory (what the model runs fastest on)
     labels: torch.Tensor   # int64 (N,)
     shifts: torch.Tensor   # float32 (N, 3): the RGB colour shift, in [0, 1] pixel units
     indices: torch.Tensor  # int64 (N,): source indices (for audits and resumption)
@@ -48,34 +49,100 @@ class LoaderConfig:
     max_skip_fraction: float = 0.01
     pin_memory: bool | None = None  # default: when CUDA is available
     prefetch_factor: int = 4
+    cache: bool | None = None      # decode every image once into memory (default: when it fits in cache_bytes)
+    cache_bytes: int = 4 << 30     # memory the decoded images may take
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng((seed, epoch, index))
 
 
-def load_sample(source: Source, transform: TrainTransform, seed: int, epoch: int, i: int):
-    """One training example (uint8 image, label, colour shift, index) or a Skip; never raises for bad data."""
+def load_sample(source: Source, transform: TrainTransform, seed: int, epoch: int, i: int, cache=None):
+    """One training example (uint8 HWC image, label, colour shift, index) or a Skip; never raises for bad data."""
     try:
+        rng = sample_rng(seed, epoch, i)
+        if cache is not None:
+            image = cache.view(i, transform, rng)
+            return image[0], cache.labels[i], image[1], i
         sample = source.read(i)
-        image, shift = transform(sample.image, sample_rng(seed, epoch, i))
+        image, shift = transform(sample.image, rng)
         return image, sample.label, shift, i
     except Exception as e:  # one bad image in a million must not stop a run: skip, count, report
         return Skip(source.path(i), getattr(e, "reason", type(e).__name__), str(e)[:200])
 
 
+class ImageCache:
+    """Every image of a source decoded once into memory, so that an epoch costs only its crops: for a fixed S
+    (scale_min == scale_max) each image is kept rescaled to S and a crop is an array slice; for jittered S it is
+    kept decoded (at the smallest DCT scale that keeps Smax) and each crop resizes only its own box. The views are
+    those of the file path: the same draws (TrainTransform.view) from the same per-sample generators."""
+
+    def __init__(self, source: Source, transform: TrainTransform, progress: bool = False):
+        from tqdm import tqdm
+
+        from ..transforms import BadImage, as_rgb, rescale
+
+        self.fixed = transform.scale_min == transform.scale_max
+        self.labels = np.asarray(source.labels(), np.int64)
+        self.images: list = []
+        self.sizes: list = []       # the decoded image's (W, H), from which the crop positions follow
+        self.bytes = 0
+        for i in tqdm(range(len(source)), desc="caching images", unit="img", disable=not progress,
+                      mininterval=1.0):
+            try:
+                img = as_rgb(source.read(i).image, transform.scale_max)
+                self.sizes.append(img.size)
+                kept = np.asarray(rescale(img, transform.scale_min)) if self.fixed else img
+            except BadImage as e:
+                self.sizes.append(None)
+                kept = Skip(source.path(i), e.reason, str(e)[:200])
+            self.images.append(kept)
+            self.bytes += kept.nbytes if isinstance(kept, np.ndarray) else (
+                kept.size[0] * kept.size[1] * 3 if not isinstance(kept, Skip) else 0)
+
+    def view(self, i: int, transform: TrainTransform, rng) -> tuple[np.ndarray, np.ndarray]:
+        from ..transforms import crop_resized
+
+        kept = self.images[i]
+        if isinstance(kept, Skip):
+            raise BadImage(kept.reason, kept.detail)
+        s, x, y, flip, shift = transform.view(rng, lambda s: self.sizes[i])
+        c = transform.crop
+        out = kept[y:y + c, x:x + c] if self.fixed else np.asarray(crop_resized(kept, s, c, x, y))
+        return (out[:, ::-1] if flip else out), shift
+
+    @staticmethod
+    def estimate(source: Source, transform: TrainTransform, probe: int = 16) -> int:
+        """Bytes the cache would take: decoded sizes of a few images, times the source's length."""
+        from ..transforms import BadImage, as_rgb, scaled_size
+
+        if len(source) == 0:
+            return 0
+        idx = np.linspace(0, len(source) - 1, min(probe, len(source))).astype(int)
+        total, n = 0, 0
+        for i in idx:
+            try:
+                img = as_rgb(source.read(int(i)).image, transform.scale_max)
+            except BadImage:
+                continue
+            w, h = scaled_size(*img.size, transform.scale_min) if transform.scale_min == transform.scale_max \
+                else img.size
+            total, n = total + w * h * 3, n + 1
+        return int(total / max(n, 1) * len(source))
+
+
 class TrainDataset(Dataset):
     """Map-style: indexed by (epoch, index) so that persistent workers see the epoch without being restarted."""
 
-    def __init__(self, source: Source, transform: TrainTransform, seed: int = 0):
-        self.source, self.transform, self.seed = source, transform, seed
+    def __init__(self, source: Source, transform: TrainTransform, seed: int = 0, cache: ImageCache | None = None):
+        self.source, self.transform, self.seed, self.cache = source, transform, seed, cache
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, key):
         epoch, i = key
-        return load_sample(self.source, self.transform, self.seed, epoch, i)
+        return load_sample(self.source, self.transform, self.seed, epoch, i, self.cache)
 
 
 class EpochSampler(Sampler):
@@ -107,10 +174,11 @@ class EpochSampler(Sampler):
 
 
 def collate(items: list) -> Batch:
+    """Views (uint8 HWC arrays) stacked into one (N, 3, C, C) tensor whose memory is channels-last: one copy."""
     good = [x for x in items if not isinstance(x, Skip)]
     skips = [x for x in items if isinstance(x, Skip)]
     if good:
-        images = torch.stack([g[0] for g in good])
+        images = torch.from_numpy(np.stack([g[0] for g in good])).permute(0, 3, 1, 2)
         shifts = torch.from_numpy(np.stack([g[2] for g in good]).astype(np.float32))
     else:
         images, shifts = torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, 3)
@@ -170,16 +238,22 @@ class TrainLoader:
     """Batches of training views for one process of a (possibly distributed) run."""
 
     def __init__(self, source: Source, transform: TrainTransform, cfg: LoaderConfig = LoaderConfig(),
-                 rank: int = 0, world: int = 1, samples_per_epoch: int | None = None):
+                 rank: int = 0, world: int = 1, samples_per_epoch: int | None = None, progress: bool = False):
         """samples_per_epoch: per rank; the trainer passes whole optimisation steps' worth."""
         if len(source) == 0:
             raise UserError(f"{source.root}: empty dataset")
         self.cfg, self.source = cfg, source
         self.sampler = EpochSampler(len(source), cfg.shuffle, cfg.seed, rank, world, samples_per_epoch)
         pin = torch.cuda.is_available() if cfg.pin_memory is None else cfg.pin_memory
-        workers = max(0, cfg.workers)
+        self.cache = None
+        if cfg.cache or (cfg.cache is None and ImageCache.estimate(source, transform) <= cfg.cache_bytes):
+            self.cache = ImageCache(source, transform, progress)
+            log.info("%s: %d images decoded into memory (%.0f MB)", source.root, len(source), self.cache.bytes / 2**20)
+        # With the images in memory a crop is a slice: workers would cost more (processes fighting the compute
+        # threads for the cores) than the crops themselves.
+        workers = 0 if self.cache is not None and self.cache.fixed else usable_workers(cfg.workers)
         self.loader = DataLoader(
-            TrainDataset(source, transform, cfg.seed),
+            TrainDataset(source, transform, cfg.seed, self.cache),
             batch_sampler=BatchSampler(self.sampler, cfg.batch_size, cfg.drop_last),
             num_workers=workers, collate_fn=collate, pin_memory=pin, worker_init_fn=_worker_init,
             persistent_workers=workers > 0, prefetch_factor=cfg.prefetch_factor if workers else None)
@@ -212,14 +286,21 @@ class CenterCropDataset(Dataset):
         try:
             sample = self.source.read(i)
             img = as_rgb(sample.image, self.q)
-            return to_uint8(center_crop_resized(img, self.q, self.crop)), sample.label, np.zeros(3, np.float32), i
+            return np.asarray(center_crop_resized(img, self.q, self.crop)), sample.label, np.zeros(3, np.float32), i
         except Exception as e:
             return Skip(self.source.path(i), getattr(e, "reason", type(e).__name__), str(e)[:200])
+
+
+def usable_workers(workers: int) -> int:
+    """No more loader processes than the cores this process may run on: more only fight the compute threads
+    (and PyTorch warns about them)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(workers, cores))
 
 
 def eval_loader(dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world: int = 1) -> DataLoader:
     """In order; rank r takes every world-th image (metrics are summed over ranks)."""
     indices = list(range(rank, len(dataset), world))
     return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, collate_fn=collate, worker_init_fn=_worker_init,
+                      num_workers=usable_workers(workers), collate_fn=collate, worker_init_fn=_worker_init,
                       pin_memory=torch.cuda.is_available())

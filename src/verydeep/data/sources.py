@@ -65,16 +65,17 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def parse_voc(path: str | os.PathLike, class_to_idx: dict[str, int] | None = None):
-    """PASCAL VOC / ILSVRC XML: (boxes (K, 4) as xmin, ymin, xmax, ymax in pixels, labels (K,), (width, height)).
-    VOC's 1-based pixel coordinates are kept as written; names that are not classes get label -1."""
+def parse_voc(path: str | os.PathLike, class_to_idx: dict[str, int] | None = None, difficult: bool = False):
+    """PASCAL VOC / ILSVRC XML: (boxes (K, 4) as xmin, ymin, xmax, ymax in pixels, labels (K,), (width, height)),
+    and with difficult=True each object's <difficult> flag (K,) too. VOC's 1-based pixel coordinates are kept as
+    written; names that are not classes get label -1."""
     try:
         if os.path.getsize(path) > MAX_ANNOTATION_BYTES:
             raise ValueError(f"{path}: annotation of {os.path.getsize(path):,} bytes; VOC files are a few KB")
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as e:
         raise ValueError(f"{path}: unreadable annotation ({e})") from None
-    boxes, labels = [], []
+    boxes, labels, hard = [], [], []
     for obj in root.iter("object"):
         bb = obj.find("bndbox")
         if bb is None:
@@ -88,11 +89,13 @@ def parse_voc(path: str | os.PathLike, class_to_idx: dict[str, int] | None = Non
         boxes.append(coords)
         name = (obj.findtext("name") or "").strip()
         labels.append((class_to_idx or {}).get(name, -1))
+        hard.append((obj.findtext("difficult") or "0").strip() == "1")
     size = None
     s = root.find("size")
     if s is not None and s.findtext("width") and s.findtext("height"):
         size = (int(float(s.findtext("width"))), int(float(s.findtext("height"))))
-    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), size
+    out = np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), size
+    return (*out, np.asarray(hard, bool)) if difficult else out
 
 
 class _FileSource(Source):
@@ -286,7 +289,8 @@ class VOC(Source):
         if not self.ids:
             raise UserError(f"{ids_file}: empty image set")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self._ann = [parse_voc(self.root / "Annotations" / f"{i}.xml", self.class_to_idx) for i in self.ids]
+        self._ann = [parse_voc(self.root / "Annotations" / f"{i}.xml", self.class_to_idx, difficult=True)
+                     for i in self.ids]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -297,13 +301,19 @@ class VOC(Source):
     def labels(self) -> np.ndarray:
         return np.array([int(a[1][0]) if len(a[1]) else -1 for a in self._ann], np.int64)
 
-    def targets(self) -> np.ndarray:
-        t = np.zeros((len(self), len(self.classes)), bool)
-        for i, (_, labels, _) in enumerate(self._ann):
-            t[i, labels[labels >= 0]] = True
-        return t
+    def targets(self) -> tuple[np.ndarray, np.ndarray]:
+        """(has, ignore), both (N, 20): an image has a class when it has an object of it not marked difficult; an
+        image whose only objects of a class are difficult is ignored for that class (the VOC devkit's rule: neither
+        a positive nor a negative)."""
+        has = np.zeros((len(self), len(self.classes)), bool)
+        any_ = np.zeros_like(has)
+        for i, (_, labels, _, hard) in enumerate(self._ann):
+            known = labels >= 0
+            any_[i, labels[known]] = True
+            has[i, labels[known & ~hard]] = True
+        return has, any_ & ~has
 
     def read(self, i: int) -> Sample:
-        boxes, labels, size = self._ann[i]
+        boxes, labels, size, _ = self._ann[i]
         return Sample(read_bytes(self.path(i)), int(labels[0]) if len(labels) else -1, self.path(i), boxes, labels,
                       size)
