@@ -174,6 +174,21 @@ def test_lrn_is_krizhevsky():
     assert torch.allclose(m.layer("norm1")(a), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lrn_values_and_gradients_are_pytorchs(channels_last):
+    # the band-matrix LRN against PyTorch's own, forward and backward, in both memory formats
+    lrn = tiny("A-LRN").layer("norm1")
+    a = torch.randn(3, 11, 6, 7, dtype=torch.float64) * 30
+    if channels_last:
+        a = a.contiguous(memory_format=torch.channels_last)
+    a.requires_grad_()
+    ours, theirs = lrn(a), F.local_response_norm(a, lrn.size, lrn.alpha, lrn.beta, lrn.k)
+    assert torch.allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(theirs)
+    assert torch.allclose(*(torch.autograd.grad(y, a, g)[0] for y in (ours, theirs)), rtol=1e-9, atol=1e-12)
+    assert ours.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
 def test_init_schemes():
     m = vd.vgg("A", init="paper", crop_size=32)
     w = m.layer("conv5_2").weight

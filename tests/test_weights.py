@@ -75,6 +75,21 @@ def test_torchvision_pth_round_trip(tmp_path, name, wrap):
     torch.testing.assert_close(m(x), src(x), rtol=0, atol=0)
 
 
+def test_stated_preprocessing_and_pooling_override_the_files_origin(tmp_path):
+    # Caffe weights saved under torchvision's keys (e.g. vgg16-00b39a1b.pth): the keys say torchvision, the user
+    # states caffe, in the API and on the command line
+    from verydeep.options import NetOptions
+
+    _, sd = _tv_state_dict("vgg16")
+    torch.save(sd, tmp_path / "w.pth")
+    assert vd.load(tmp_path / "w.pth", "vgg16").input_convention == vd.TORCHVISION
+    m = vd.load(tmp_path / "w.pth", "vgg16", preprocess=vd.CAFFE, pooling="ceil")
+    assert m.input_convention == vd.CAFFE and m.card.pooling == "ceil"
+    assert all(p.ceil_mode for p in m.features if isinstance(p, torch.nn.MaxPool2d))
+    net = NetOptions(weights=[str(tmp_path / "w.pth")], model="vgg16", preprocess="caffe", pooling="ceil").net()
+    assert net.input_convention == vd.CAFFE and net.card.pooling == "ceil"
+
+
 def test_torchvision_preprocess_convention():
     m = tiny("vgg16")
     m.card = m.card.but(preprocess=vd.TORCHVISION)

@@ -57,15 +57,19 @@ def blob_v1(t, packed):
     return head + b"".join(field(BLOB_DATA, 5, struct.pack("<f", v)) for v in a.ravel())
 
 
-def caffemodel(model, fmt):
+def caffemodel(model, fmt, dense=False):
     """Serialise a verydeep model the way Caffe would, with the non-weight layers (ReLU, pooling, dropout, softmax)
-    in between, as VGG_ILSVRC_16_layers.caffemodel has them."""
+    in between, as VGG_ILSVRC_16_layers.caffemodel has them. dense: the fully convolutional net of Caffe's "net
+    surgery" (fc6 a kxk convolution, fc7 and fc8 1x1), the one that computes the paper's dense score maps."""
     layers, bottom = [], "data"
     for name, module in zip(model.layer_names, list(model.features) + list(model.classifier)):
         if name.startswith(("conv", "fc")):
-            kind, v1 = ("Convolution", V1_CONVOLUTION) if name.startswith("conv") else ("InnerProduct",
-                                                                                       V1_INNER_PRODUCT)
+            kind, v1 = ("Convolution", V1_CONVOLUTION) if name.startswith("conv") or dense else ("InnerProduct",
+                                                                                                 V1_INNER_PRODUCT)
             blobs = [module.weight, module.bias]
+            if dense and name.startswith("fc"):
+                k = model.config.head_kernel if name == "fc6" else 1
+                blobs[0] = module.weight.reshape(module.weight.shape[0], -1, k, k)
         elif name.startswith("relu"):
             kind, v1, blobs = "ReLU", V1_RELU, []
         elif name.startswith("pool"):
@@ -81,7 +85,7 @@ def caffemodel(model, fmt):
             msg = ld(LP_NAME, name.encode()) + ld(LP_TYPE, kind.encode()) + ld(LP_BOTTOM, bottom.encode()) + \
                 ld(LP_TOP, top.encode())
             if kind == "Convolution":  # a field verydeep does not define: must be skipped
-                msg += ld(LP_CONV_PARAM, vint(1, module.out_channels))
+                msg += ld(LP_CONV_PARAM, vint(1, getattr(module, "out_channels", None) or module.out_features))
             msg += b"".join(ld(LP_BLOBS, blob_new(b)) for b in blobs)
             layers.append(ld(NET_LAYER, msg))
         else:
@@ -167,3 +171,58 @@ def test_blob_dimensions_that_overflow_int64(tmp_path):
     with pytest.raises(vd.WeightsError, match=r"needs 21267647932558653966460912964485513216 values, blob holds 0"):
         vd.load(p, "vgg16")
 
+
+
+def prototxt(model, h, w, dense=True):
+    """The network definition Caffe (and OpenCV's Caffe importer) reads beside the weights: VGG's layers with their
+    parameters, pooling MAX 2x2 stride 2 (Caffe rounds its output size up)."""
+    out, bottom = ['name: "vgg"', 'input: "data"', f"input_dim: 1 input_dim: 3 input_dim: {h} input_dim: {w}"], "data"
+    for name, module in zip(model.layer_names, list(model.features) + list(model.classifier)):
+        if name.startswith("conv"):
+            body = f'type: "Convolution" convolution_param {{ num_output: {module.out_channels} kernel_size: 3 pad: 1 }}'
+        elif name.startswith("fc"):
+            k = model.config.head_kernel if name == "fc6" else 1
+            body = f'type: "Convolution" convolution_param {{ num_output: {module.out_features} kernel_size: {k} }}'
+        elif name.startswith("relu"):
+            body = 'type: "ReLU"'
+        elif name.startswith("pool"):
+            body = 'type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 }'
+        elif name.startswith("norm"):  # Caffe divides alpha by local_size: VGG's A-LRN prototxt says 0.0005
+            body = 'type: "LRN" lrn_param { local_size: 5 alpha: 0.0005 beta: 0.75 k: 2 }'
+        else:
+            continue
+        top = bottom if name.startswith("relu") else name
+        out.append(f'layer {{ name: "{name}" {body} bottom: "{bottom}" top: "{top}" }}')
+        bottom = top
+    return "\n".join(out) + "\n"
+
+
+# The released nets (D, E). Not A-LRN: OpenCV's Caffe importer ignores lrn_param's k (it computes with k = 1, measured:
+# its norm1 equals local_response_norm(k=1) to 1e-5), so it is not Caffe's LRN for Krizhevsky's k = 2.
+@pytest.mark.parametrize("name", ["vgg16", "vgg19"])
+@pytest.mark.parametrize("size", [(64, 64), (83, 117), (101, 70)])
+def test_dense_score_maps_equal_opencvs_caffe(tmp_path, name, size):
+    # Caffe-origin weights evaluate densely as Caffe did: ceil-mode pooling. OpenCV's Caffe importer (an engine we
+    # did not write) runs the fully convolutional net on odd-sized inputs; verydeep's score map must equal it.
+    cv2 = pytest.importorskip("cv2")
+    if not hasattr(cv2.dnn, "readNetFromCaffe"):
+        pytest.skip("this OpenCV no longer reads Caffe models (5.x)")
+    src = tiny(name)
+    (tmp_path / "net.caffemodel").write_bytes(caffemodel(src, "new"))
+    (tmp_path / "dense.caffemodel").write_bytes(caffemodel(src, "new", dense=True))
+    (tmp_path / "dense.prototxt").write_text(prototxt(src, *size))
+    m = vd.load(tmp_path / "net.caffemodel", name)
+    assert m.card.pooling == "ceil"
+    x = torch.randn(1, 3, *size) * 40
+    net = cv2.dnn.readNetFromCaffe(str(tmp_path / "dense.prototxt"), str(tmp_path / "dense.caffemodel"))
+    net.setInput(x.numpy())
+    theirs = torch.from_numpy(net.forward())
+    with torch.no_grad():
+        ours = m.score_map(x)
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4 * theirs.abs().max().item())
+    floor = vd.load(tmp_path / "net.caffemodel", name, pooling="floor")  # the rule is selectable
+    assert floor.card.pooling == "floor"
+    if size[0] % 32 or size[1] % 32:
+        with torch.no_grad():
+            assert floor.score_map(x).shape != theirs.shape

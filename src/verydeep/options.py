@@ -46,6 +46,21 @@ class NetOptions:
     crop: int | None = None        # the crop the FC head is built for (224)
     in_channels: int | None = None  # input channels (3)
     num_classes: int | None = None  # classes (1000, or from the weights)
+    preprocess: Literal["auto", "caffe", "torchvision", "verydeep"] = "auto"  # the input convention the weights
+    # expect (auto: from the file's format or card; caffe: BGR 0-255 minus the mean, e.g. Caffe weights saved under
+    # torchvision's keys; torchvision: RGB 0-1 normalised; verydeep: RGB 0-255 minus the training mean)
+    pooling: Literal["auto", "floor", "ceil"] = "auto"  # max-pool output rounding (auto: the weights' origin: ceil
+    # for Caffe files, as Caffe computed; floor otherwise, as PyTorch and Keras)
+
+    def load_options(self) -> dict:
+        from .card import CONVENTIONS
+
+        opts = self.model_options()
+        if self.preprocess != "auto":
+            opts["preprocess"] = CONVENTIONS[self.preprocess]
+        if self.pooling != "auto":
+            opts["pooling"] = self.pooling
+        return opts
 
     def model_options(self) -> dict:
         opts = {"width": self.width, "fc_width": self.fc_width, "crop_size": self.crop,
@@ -58,7 +73,7 @@ class NetOptions:
         from .weights import load
 
         if self.weights:
-            return [load(w, self.model, **self.model_options()) for w in self.weights]
+            return [load(w, self.model, **self.load_options()) for w in self.weights]
         if not self.model:
             raise ConfigError("give --weights FILE (a trained net) or --model NAME (an untrained one)")
         return [vgg(self.model, **self.model_options()).eval()]

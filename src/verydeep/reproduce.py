@@ -225,8 +225,10 @@ class Study:
         path = self.out / "eval" / key
         if path.is_file():
             return Posteriors.load(path)
-        ev = Evaluator(load(self.train(name, seed)), batch_size=64, workers=self.cfg.workers,
-                       precision=self.precision, progress=False)
+        weights = self.train(name, seed)
+        self.log(f"evaluate {name} (seed {seed}): {', '.join(protocols)} at Q = {scales}")
+        ev = Evaluator(load(weights), batch_size=64, workers=self.cfg.workers,
+                       precision=self.precision, progress=sys.stderr.isatty())
         post = ev.run(self.test_source(), protocols, scales)
         post.save(path)
         return post
@@ -323,7 +325,7 @@ class Study:
                 cfg = localize.LocTrainConfig(mode=mode, layers=layers, train_scale=[self.cfg.scale(384)],
                                               lr=paper.FINETUNE_LR * (self.cfg.lr / paper.LR),
                                               epochs=self.cfg.loc_epochs, batch_size=self.cfg.batch_size,
-                                              workers=self.cfg.workers, seed=seed, progress=False,
+                                              workers=self.cfg.workers, seed=seed, progress=sys.stderr.isatty(),
                                               precision=self.precision, device="cpu")
                 net, _ = localize.fine_tune(load(self.train("D384", seed)), open_source(self.data, split="train"),
                                             cfg)

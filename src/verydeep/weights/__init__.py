@@ -147,10 +147,12 @@ def assign(model: VGG, t: Tensors, path: str | os.PathLike = "<weights>", strict
         dst.copy_(w.to(dst.dtype))
 
 
-def _card(t: Tensors, cfg, preprocess: Preprocess | None) -> Card:
-    """The card of weights read from a file: the file's own, or what its origin implies."""
+def _card(t: Tensors, cfg, preprocess: Preprocess | None, pooling: str | None = None) -> Card:
+    """The card of weights read from a file: the file's own, or what its origin implies; what the caller states
+    (the input convention, the pooling rule) wins."""
     card = t.card if t.card is not None else Card(cfg, preprocess=t.preprocess, origin=t.fmt, pooling=t.pooling)
-    return card.but(preprocess=preprocess) if preprocess is not None else card
+    stated = {k: v for k, v in (("preprocess", preprocess), ("pooling", pooling)) if v is not None}
+    return card.but(**stated) if stated else card
 
 
 def load_into(model: VGG, path: str | os.PathLike, strict: bool = True, fmt: str | None = None) -> VGG:
@@ -179,9 +181,11 @@ def _inferred_options(t: Tensors) -> dict:
 
 
 def build(path: str | os.PathLike, name: str | None = None, *, num_classes: int | None = None,
-          preprocess: Preprocess | None = None, strict: bool = True, fmt: str | None = None, **options) -> VGG:
+          preprocess: Preprocess | None = None, pooling: str | None = None, strict: bool = True,
+          fmt: str | None = None, **options) -> VGG:
     """A model with a weight file's weights: the architecture from `name` and options, sizes the caller left out
-    taken from the file (verydeep files carry their whole card)."""
+    taken from the file (verydeep files carry their whole card). `preprocess` and `pooling` override what the file's
+    origin implies (Caffe weights saved under torchvision's keys need preprocess=CAFFE)."""
     t = read(path, fmt)
     if num_classes is not None:
         options["num_classes"] = num_classes
@@ -205,7 +209,7 @@ def build(path: str | os.PathLike, name: str | None = None, *, num_classes: int 
             raise WeightsError(f"{path}: {e}") from None
     with torch.device("meta"):  # every shape checked against the file before anything is allocated
         _plan(VGG(cfg), t, path, strict)
-    model = VGG(_card(t, cfg, preprocess))
+    model = VGG(_card(t, cfg, preprocess, pooling))
     assign(model, t, path, strict)
     return model
 

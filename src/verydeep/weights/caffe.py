@@ -144,4 +144,7 @@ def read(path: Path) -> Tensors:
                 raise WeightsError(f"{path}: {layer.name}.weight: expected an (out, in) matrix, got {tuple(w.shape)}")
             fcs.append(Layer(layer.name, w, b))
     # A deploy file's layer list is the network: an LRN layer (or none) tells A-LRN from A, whose weights are alike.
-    return Tensors("caffe", convs, fcs, preprocess=CAFFE, lrn=lrn if (len(net.layers) or len(net.layer)) else None)
+    # Caffe's pooling rounds output sizes up: dense evaluation of the authors' weights on sides that are not
+    # multiples of 32 matches Caffe only with the same rule
+    return Tensors("caffe", convs, fcs, preprocess=CAFFE, pooling="ceil",
+                   lrn=lrn if (len(net.layers) or len(net.layer)) else None)
