@@ -352,6 +352,79 @@ def test_a_registered_format_is_detected_and_loaded(tmp_path, npz_format):
     assert m.card.origin == npz_format
     x = torch.randn(2, 3, 64, 64)
     assert torch.equal(m(x), src(x))
-    with pytest.raises(vd.WeightsError, match="known: caffe, keras, npz-toy, torchvision, verydeep"):
+    with pytest.raises(vd.WeightsError, match="known: caffe, keras, keras-archive, npz-toy, torchvision, verydeep"):
         (tmp_path / "x.bin").write_bytes(b"nothing known")
         vd.load(tmp_path / "x.bin", "A")
+
+
+def _timm_state_dict(src):
+    # timm's VGG (timm/models/vgg.py): features.N as torchvision; classifier.0 -> pre_logits.fc1 as a kxk conv,
+    # classifier.3 -> pre_logits.fc2 as a 1x1 conv, classifier.6 -> head.fc (its pretrained_filter_fn's renaming)
+    k, c = src.config.head_kernel, src.feature_channels
+    out = {}
+    for key, v in src.state_dict().items():
+        if key.startswith("classifier.0."):
+            key, v = "pre_logits.fc1." + key.split(".")[-1], v.reshape(v.shape[0], c, k, k) if v.ndim == 2 else v
+        elif key.startswith("classifier.3."):
+            key, v = "pre_logits.fc2." + key.split(".")[-1], v.reshape(v.shape[0], -1, 1, 1) if v.ndim == 2 else v
+        elif key.startswith("classifier.6."):
+            key = "head.fc." + key.split(".")[-1]
+        out[key] = v.clone()
+    return out
+
+
+def _timm_forward(sd, x):
+    # timm's forward written out from its layout: features, ConvMlp (conv kxk, ReLU, conv 1x1, ReLU), average pool,
+    # head.fc; the conv stack comes from the same numbers through torch.nn.functional, not through verydeep
+    f = x
+    convs = sorted({int(key.split(".")[1]) for key in sd if key.startswith("features.")})
+    for i in convs:
+        f = torch.relu(torch.nn.functional.conv2d(f, sd[f"features.{i}.weight"], sd[f"features.{i}.bias"], padding=1))
+        if i + 2 not in convs:  # a max-pool follows the last conv of each block (the next index is a pool)
+            f = torch.nn.functional.max_pool2d(f, 2)
+    f = torch.relu(torch.nn.functional.conv2d(f, sd["pre_logits.fc1.weight"], sd["pre_logits.fc1.bias"]))
+    f = torch.relu(torch.nn.functional.conv2d(f, sd["pre_logits.fc2.weight"], sd["pre_logits.fc2.bias"]))
+    return torch.nn.functional.linear(f.mean((2, 3)), sd["head.fc.weight"], sd["head.fc.bias"])
+
+
+@pytest.mark.parametrize("container", ["pth", "safetensors"])
+def test_timm_state_dict(tmp_path, container):
+    from safetensors.torch import save_file
+
+    src = tiny("vgg16")
+    sd = _timm_state_dict(src)
+    path = tmp_path / ("w.pth" if container == "pth" else "model.safetensors")
+    torch.save(sd, path) if container == "pth" else save_file(sd, path)
+    m = vd.load(path, "vgg16")
+    assert m.card.origin == "timm" and m.input_convention == vd.TORCHVISION
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), _timm_forward(sd, x), rtol=1e-5, atol=1e-5)
+        big = torch.randn(1, 3, 96, 128)  # timm pools its head's map: verydeep's dense score map, averaged
+        torch.testing.assert_close(m.score_map(big).mean((2, 3)), _timm_forward(sd, big),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_fc", [False, True])
+def test_gatys_style_file(tmp_path, with_fc):
+    # vgg_conv.pth of Gatys' neural style code: conv1_1.weight ... conv5_4.bias (Caffe's VGG-19 weights, so Caffe's
+    # input convention); some copies also carry fc6-fc8
+    src = tiny("vgg19")
+    sd = {}
+    for (name, mod) in src.weight_layers():
+        if name.startswith("conv") or with_fc:
+            sd[f"{name}.weight"], sd[f"{name}.bias"] = mod.weight.detach().clone(), mod.bias.detach().clone()
+    torch.save(sd, tmp_path / "vgg_conv.pth")
+    if with_fc:
+        m = vd.load(tmp_path / "vgg_conv.pth", "vgg19")
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), src(x), rtol=0, atol=0)
+    else:  # a feature-only file: the conv layers, for perceptual losses
+        with pytest.raises(vd.WeightsError, match="strict=False"):
+            vd.load(tmp_path / "vgg_conv.pth", "vgg19")
+        m = vd.load(tmp_path / "vgg_conv.pth", "vgg19", strict=False, crop_size=64, width=1 / 16)
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(m.extract(x, "relu5_4")["relu5_4"], src.extract(x, "relu5_4")["relu5_4"])
+    assert m.card.origin == "gatys" and m.input_convention == vd.CAFFE

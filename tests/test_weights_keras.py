@@ -38,6 +38,8 @@ def write_distributed_layout(model, path, names="keras1"):
 def save(model, path, layout):
     if layout == "keras3":
         model.save_weights(str(path))  # Keras 3's own .weights.h5
+    elif layout == "keras3_archive":
+        model.save(str(path))  # Keras 3's .keras: a zip holding model.weights.h5
     elif layout == "keras3_full_model":
         model.save(str(path))  # legacy HDF5 whole-model file: weights under model_weights/
     elif layout == "keras_legacy_api":
@@ -53,7 +55,7 @@ def compare(app, size, layout, tmp_path, classes):
     name, build, preprocess_input = APPS[app]
     keras.utils.set_random_seed(0)
     km = build(weights=None, input_shape=(size, size, 3), classes=classes, classifier_activation=None)
-    path = tmp_path / ("w.weights.h5" if layout == "keras3" else "w.h5")
+    path = tmp_path / {"keras3": "w.weights.h5", "keras3_archive": "w.keras"}.get(layout, "w.h5")
     save(km, path, layout)
     m = vd.load(path, app).eval()
     assert m.config.num_classes == classes and m.config.crop_size == size
@@ -72,7 +74,8 @@ def compare(app, size, layout, tmp_path, classes):
     assert np.abs(s - want).max() / np.abs(want).max() < 1e-4
 
 
-@pytest.mark.parametrize("layout", ["keras3", "keras3_full_model", "keras_legacy_api", "keras1", "keras2"])
+@pytest.mark.parametrize("layout", ["keras3", "keras3_archive", "keras3_full_model", "keras_legacy_api", "keras1",
+                                    "keras2"])
 @pytest.mark.parametrize("app", ["vgg16", "vgg19"])
 def test_keras_logits_match(app, layout, tmp_path):
     # 96x96 input: fc1 flattens a 3x3x512 NHWC tensor, so the reordering to PyTorch's CHW order is exercised.
@@ -107,3 +110,18 @@ def test_hdf5_that_is_not_keras(tmp_path):
         f.create_dataset("data", data=np.zeros(3))
     with pytest.raises(vd.WeightsError, match="not a Keras weight file"):
         vd.load(tmp_path / "x.h5", "vgg16")
+
+
+def test_keras_archive_that_lies_about_its_member_is_refused(tmp_path):
+    import zipfile
+
+    p = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("model.weights.h5", b"\0" * 10_000_000)  # 10 MB of zeros deflate to ~10 KB
+    assert vd.weights.detect_format(p) == "keras-archive"
+    with pytest.raises(vd.WeightsError, match="model.weights.h5 claims 10,000,000 bytes"):
+        vd.load(p, "vgg16")
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("model.weights.h5", b"not hdf5")
+    with pytest.raises(vd.WeightsError, match=r"bomb.keras!model.weights.h5"):
+        vd.load(p, "vgg16")

@@ -1,10 +1,14 @@
-"""Keras HDF5 weights: the legacy layout of the distributed vgg16/vgg19_weights_tf_dim_ordering_tf_kernels.h5 files
+"""Keras weights: HDF5 files in the legacy layout of the distributed vgg16/vgg19_weights_tf_dim_ordering_tf_kernels.h5 files
 (root attribute layer_names, per-layer weight_names; also inside a full model's 'model_weights' group) and the
 layout Keras 3 writes with save_weights (layers/<auto-name>/vars/<i>). Kernels are HWIO (conv) and (in, out)
-(dense); the first dense layer flattens an NHWC tensor, which assign() reorders. Expects Caffe preprocessing."""
+(dense); the first dense layer flattens an NHWC tensor, which assign() reorders. Expects Caffe preprocessing. Keras 3
+`.keras` archives (a zip holding model.weights.h5 in the Keras 3 layout) are read through the same path."""
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +146,45 @@ def read(path: Path) -> Tensors:
         else:  # (in, out) -> (out, in)
             fcs.append(Layer(lname, _transposed(k, (1, 0)), b))
     return Tensors("keras", convs, fcs, fc6_layout="nhwc", preprocess=CAFFE)
+
+
+ARCHIVE_MEMBER = "model.weights.h5"
+MAX_MEMBER_PER_ARCHIVE_BYTE = 8   # weights barely compress: a member far larger than its archive is a zip bomb
+
+
+def _is_keras_archive(head: bytes, path: Path) -> bool:
+    if not head.startswith(b"PK\x03\x04"):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return ARCHIVE_MEMBER in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+@register("keras-archive", detect=_is_keras_archive, order=35)  # before torch's zip archives
+def read_archive(path: Path) -> Tensors:
+    """A Keras 3 .keras file: its model.weights.h5, extracted (bounded by the archive's size) and read as above; the
+    tensors are loaded before the extracted copy is removed."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo(ARCHIVE_MEMBER)
+            if info.file_size > MAX_MEMBER_PER_ARCHIVE_BYTE * path.stat().st_size:
+                raise WeightsError(f"{path}: {ARCHIVE_MEMBER} claims {info.file_size:,} bytes in a "
+                                   f"{path.stat().st_size:,}-byte archive; refused")
+            tmp = Path(tempfile.mkdtemp(prefix="verydeep-keras-"))
+            try:
+                with z.open(info) as src, open(tmp / ARCHIVE_MEMBER, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                t = read(tmp / ARCHIVE_MEMBER)
+                for layer in t.convs + t.fcs:
+                    layer.weight = layer.weight.load() if isinstance(layer.weight, Lazy) else layer.weight
+                    layer.bias = layer.bias.load() if isinstance(layer.bias, Lazy) else layer.bias
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except WeightsError as e:
+        raise WeightsError(str(e).replace(str(tmp / ARCHIVE_MEMBER) if "tmp" in locals() else "\0",
+                                          f"{path}!{ARCHIVE_MEMBER}")) from None
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError) as e:
+        raise WeightsError(f"{path}: cannot read as a Keras archive: {str(e).splitlines()[0][:200]}") from None
+    return t

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..card import Card
+from ..card import TORCHVISION, Card
 from ..errors import ConfigError, WeightsError
 from ..utils import atomic_write
 from .base import Tensors, register
@@ -53,6 +53,8 @@ def read(path: Path) -> Tensors:
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: cannot read as safetensors: {str(e).splitlines()[0][:200]}") from None
     t = from_state_dict(sd, path, "verydeep")
+    if "verydeep" not in meta and t.fmt == "verydeep":  # a card-less file (a hub's model.safetensors): torchvision's
+        t.fmt, t.preprocess = "torchvision", TORCHVISION
     if "verydeep" in meta:
         try:
             t.card = _card_of(json.loads(meta["verydeep"]))

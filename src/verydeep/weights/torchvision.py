@@ -1,5 +1,8 @@
-"""torchvision state dicts (features.N.* / classifier.{0,3,6}.*), plain, 'module.'-prefixed (DataParallel/DDP) or
-wrapped as {'state_dict': ...} / {'model': ...}. Loaded with weights_only=True: a .pth never runs code here."""
+"""PyTorch state dicts of VGG in the layouts people hold: torchvision's (features.N.* / classifier.{0,3,6}.*), timm's
+(features.N.*, pre_logits.fc1/fc2 as 7x7 and 1x1 convolutions, head.fc), and Gatys-style neural-style files
+(conv1_1.weight ... conv5_4.weight, optionally fc6-fc8; Caffe's weights, Caffe's input convention). Plain,
+'module.'-prefixed (DataParallel/DDP) or wrapped as {'state_dict': ...} / {'model': ...}. Loaded with
+weights_only=True: a .pth never runs code here."""
 from __future__ import annotations
 
 import re
@@ -7,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..card import TORCHVISION, Card
+from ..card import CAFFE, TORCHVISION, Card
 from ..checkpoint import torch_load
 from ..errors import UserError, WeightsError
 from .base import Layer, Tensors, register
@@ -33,8 +36,46 @@ def unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+_TIMM_HEAD = {"pre_logits.fc1": "classifier.0", "pre_logits.fc2": "classifier.3", "head.fc": "classifier.6"}
+_GATYS = re.compile(r"^(conv(\d)_(\d)|fc([678]))\.(weight|bias)$")
+
+
+def layout(sd: dict[str, torch.Tensor]) -> str:
+    """Which family of keys a state dict uses: "timm", "gatys" or "torchvision" (the default)."""
+    if any(k.startswith(("pre_logits.", "head.fc.")) for k in sd):
+        return "timm"
+    if sd and all(_GATYS.match(k) for k in sd):
+        return "gatys"
+    return "torchvision"
+
+
+def to_torchvision_keys(sd: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
+    """timm's and Gatys' keys renamed to torchvision's (FC weights as matrices); the weights are the same numbers."""
+    if kind == "timm":
+        out = {}
+        for k, v in sd.items():
+            for old, new in _TIMM_HEAD.items():
+                if k.startswith(old + "."):
+                    k = new + k[len(old):]
+                    v = v.reshape(v.shape[0], -1) if k.endswith(".weight") else v
+            out[k] = v
+        return out
+    if kind == "gatys":  # conv layers in (block, index) order, then fc6-fc8; indices only order them
+        convs = sorted({(int(m.group(2)), int(m.group(3))) for m in map(_GATYS.match, sd) if m.group(2)})
+        index = {f"conv{b}_{i}": f"features.{n}" for n, (b, i) in enumerate(convs)}
+        index.update({f"fc{j}": f"classifier.{3 * (j - 6)}" for j in (6, 7, 8)})
+        return {index[k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]: v for k, v in sd.items()}
+    return sd
+
+
 def from_state_dict(sd: dict[str, torch.Tensor], path: Path, fmt: str) -> Tensors:
-    """Group a torchvision-layout state dict into conv / batch-norm / FC layers in network order."""
+    """Group a VGG state dict (torchvision's, timm's or Gatys' keys) into conv / batch-norm / FC layers in network
+    order. A timm or Gatys file reports that as its format, with its origin's input convention."""
+    kind = layout(sd)
+    if kind != "torchvision":
+        t = from_state_dict(to_torchvision_keys(sd, kind), path, fmt)
+        t.fmt, t.preprocess = (kind, TORCHVISION if kind == "timm" else CAFFE)
+        return t
     feats: dict[int, dict[str, torch.Tensor]] = {}
     cls: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in sd.items():
@@ -72,7 +113,8 @@ def read(path: Path) -> Tensors:
         raise WeightsError(str(e).replace("unreadable PyTorch state dict", "cannot read as a PyTorch state dict")) \
             from None
     t = from_state_dict(unwrap(obj, path), path, "torchvision")
-    t.preprocess = TORCHVISION
+    if t.fmt == "torchvision":
+        t.preprocess = TORCHVISION
     if isinstance(obj, dict) and ("card" in obj or "model_config" in obj):  # a verydeep training checkpoint
         try:
             t.fmt = "verydeep checkpoint"
