@@ -46,3 +46,32 @@ def test_preprocess_baked_in(model, tmp_path):
     x = torch.rand(2, 3, 64, 64)
     want = model(model.preprocess(x)).detach().numpy()
     assert np.abs(run(p, x) - want).max() / np.abs(want).max() < 1e-5
+
+
+def test_score_map_graph_runs_in_opencv(model, tmp_path):
+    # OpenCV's ONNX importer (an engine we did not write) refuses FC weights reshaped at run time; the exported dense
+    # graph stores them in their conv shape, and OpenCV computes the same score maps, also at odd sizes
+    import onnx
+
+    cv2 = pytest.importorskip("cv2")
+    p = export_onnx(model, tmp_path / "s.onnx", "score_map")
+    assert not [n for n in onnx.load(str(p)).graph.node if n.op_type == "Reshape"]
+    net = cv2.dnn.readNetFromONNX(str(p))
+    for shape in [(1, 3, 64, 64), (1, 3, 83, 117)]:
+        x = torch.randn(*shape)
+        net.setInput(x.numpy())
+        got = net.forward()
+        want = model.score_map(x).detach().numpy()
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+
+
+def test_export_without_onnxscript_is_one_line(model, tmp_path, monkeypatch):
+    import importlib.util
+
+    from verydeep.errors import UserError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(UserError, match=r"ONNX export needs onnxscript: pip install 'verydeep\[onnx\]'"):
+        export_onnx(model, tmp_path / "x.onnx", "logits")

@@ -26,11 +26,29 @@ class _Graph(nn.Module):
     def __init__(self, model: VGG, graph: str, with_preprocess: bool):
         super().__init__()
         self.model, self.graph, self.with_preprocess = model, graph, with_preprocess
+        if graph == "score_map":
+            # The FC layers as convolutions whose weights are stored in their conv shape: a graph that reshapes
+            # them at run time (three Reshape nodes) is refused by OpenCV's ONNX importer.
+            self.head = nn.ModuleList()
+            for i, m in enumerate(model.classifier):
+                if isinstance(m, nn.Linear):
+                    k = model.config.head_kernel if i == 0 else 1
+                    conv = nn.Conv2d(m.in_features // (k * k), m.out_features, k)
+                    conv.weight.data = m.weight.detach().reshape(conv.weight.shape).clone()
+                    conv.bias.data = m.bias.detach().clone()
+                    self.head.append(conv)
+                elif isinstance(m, nn.ReLU):
+                    self.head.append(nn.ReLU())
 
     def forward(self, x):
         if self.with_preprocess:
             x = self.model.preprocess(x)
-        return self.model(x) if self.graph == "logits" else self.model.score_map(x)
+        if self.graph == "logits":
+            return self.model(x)
+        x = self.model.features(x)
+        for m in self.head:
+            x = m(x)
+        return x
 
 
 def export_onnx(model: VGG, path: str | os.PathLike, graph: str = "logits", with_preprocess: bool = False,
@@ -39,6 +57,11 @@ def export_onnx(model: VGG, path: str | os.PathLike, graph: str = "logits", with
     (N, C, H, W), H, W >= crop -> (N, classes, h, w). with_preprocess bakes model.preprocess in (input RGB in [0, 1])."""
     if graph not in GRAPHS:
         raise ConfigError(f"--graph {graph!r}: choose one of {', '.join(GRAPHS)}")
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {' and '.join(missing)}: pip install 'verydeep[onnx]'")
     path = Path(path)
     model = model.eval()
     crop = model.config.crop_size
