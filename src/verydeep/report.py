@@ -245,11 +245,17 @@ def write_report(study, cells: dict) -> str:
 
     findings, others = [], []
 
+    chance = 100 * (1 - 1 / 10)
+    at_chance = {n for n in t3 if _stats(_col(t3[n], 0))[0] >= chance - 5}
+
     def finding(text, a, b, sign, k=0, paper_claim=True):
         m, s, n = paired(a, b, k) if a and b else (float("nan"), float("nan"), 0)
         if n:  # experiments this study did not run (--quick) are left out
+            dead = [x for x in at_chance if f"({x})" in text or f"({x} " in text or f"({x}," in text]
+            v = f"not judged: {', '.join(sorted(dead))} did not learn (chance level)" if dead and \
+                paper_claim else verdict(m, s, n, sign)
             (findings if paper_claim else others).append(
-                [text, f"{m:+.2f}" + (f" ± {s:.2f}" if n > 1 else ""), str(n), verdict(m, s, n, sign)])
+                [text, f"{m:+.2f}" + (f" ± {s:.2f}" if n > 1 else ""), str(n), v])
 
     e = lambda table_, key: table_.get(key, {})  # noqa: E731
     seeds_of = lambda d: {s: (v,) for s, v in d.items()}  # noqa: E731
@@ -257,7 +263,7 @@ def write_report(study, cells: dict) -> str:
     for deep in ("B", "D", "E"):
         finding(f"depth helps: err(A) - err({deep})", e(t3, "A"), e(t3, deep), +1)
     finding("1x1 worse than 3x3 at equal depth: err(C) - err(D)", e(t3, "C"), e(t3, "D"), +1)
-    finding("deep small filters beat shallow large ones (both Glorot): err(shallow B) - err(B)", e(t3, "B-shallow"),
+    finding("deep small filters beat shallow large ones (both Glorot): err(B-shallow) - err(B)", e(t3, "B-shallow"),
             e(t3, "B"), +1)
     for n in ("C", "D", "E"):
         finding(f"scale jittering at training helps (one test scale): err({n}384) - err({n}j)", e(t3, f"{n}384"),
