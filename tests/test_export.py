@@ -75,3 +75,41 @@ def test_export_without_onnxscript_is_one_line(model, tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
     with pytest.raises(UserError, match=r"ONNX export needs onnxscript: pip install 'verydeep\[onnx\]'"):
         export_onnx(model, tmp_path / "x.onnx", "logits")
+
+
+@pytest.mark.parametrize("name,graph", [("C", "logits"), ("C", "score_map"), ("A-LRN", "logits")])
+def test_onnx_file_loads_back_as_weights(tmp_path, name, graph):
+    # an exported file read as weights: its initialisers and its card; the loaded net computes what ONNX Runtime
+    # computes from the same file
+    import verydeep as vd
+
+    src = tiny(name)
+    with torch.no_grad():
+        for _, layer in src.weight_layers():
+            layer.bias.uniform_(-0.1, 0.1)
+    p = export_onnx(src, tmp_path / "m.onnx", graph)
+    m = vd.load(p)
+    assert m.config == src.config and m.card == src.card
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = m(x) if graph == "logits" else m.score_map(x)
+    want = run(p, x)
+    assert np.abs(ours.numpy() - want).max() / np.abs(want).max() < 1e-5
+
+
+def test_foreign_onnx_vgg_loads_with_its_model_name(tmp_path):
+    # a VGG exported by plain torch.onnx.export (no verydeep metadata, Gemm layers): the architecture from the name,
+    # torchvision's convention
+    import verydeep as vd
+
+    src = tiny("vgg16")
+    with torch.no_grad():
+        for _, layer in src.weight_layers():
+            layer.bias.uniform_(-0.1, 0.1)
+    p = tmp_path / "plain.onnx"
+    torch.onnx.export(src, (torch.zeros(1, 3, 64, 64),), str(p), dynamo=False, input_names=["x"])
+    m = vd.load(p, "vgg16")
+    assert m.card.origin == "onnx" and m.input_convention == vd.TORCHVISION
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert np.abs(m(x).numpy() - run(p, x)).max() / np.abs(run(p, x)).max() < 1e-5

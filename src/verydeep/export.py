@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import warnings
@@ -82,6 +83,13 @@ def export_onnx(model: VGG, path: str | os.PathLike, graph: str = "logits", with
             torch.onnx.export(wrapper, (example,), tmp, dynamo=True, opset_version=opset, verbose=False,
                               input_names=["image"], output_names=["logits" if graph == "logits" else "scores"],
                               dynamic_shapes={"x": dims}, external_data=False)
+        import onnx
+
+        # The model card rides along, so that the file loads back as weights with its input convention and classes.
+        m = onnx.load(tmp)
+        m.metadata_props.add(key="verydeep", value=json.dumps({"card": model.card.to_dict(), "graph": graph,
+                                                                "with_preprocess": with_preprocess}))
+        onnx.save(m, tmp)
 
     atomic_write(path, write)
     return path
