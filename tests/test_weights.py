@@ -352,7 +352,7 @@ def test_a_registered_format_is_detected_and_loaded(tmp_path, npz_format):
     assert m.card.origin == npz_format
     x = torch.randn(2, 3, 64, 64)
     assert torch.equal(m(x), src(x))
-    with pytest.raises(vd.WeightsError, match="known: caffe, keras, keras-archive, npz-toy, torchvision, verydeep"):
+    with pytest.raises(vd.WeightsError, match="known: caffe, keras, keras-archive, matconvnet, npz-toy, onnx, tf-slim, torchvision, verydeep"):
         (tmp_path / "x.bin").write_bytes(b"nothing known")
         vd.load(tmp_path / "x.bin", "A")
 
@@ -428,3 +428,21 @@ def test_gatys_style_file(tmp_path, with_fc):
         with torch.no_grad():
             torch.testing.assert_close(m.extract(x, "relu5_4")["relu5_4"], src.extract(x, "relu5_4")["relu5_4"])
     assert m.card.origin == "gatys" and m.input_convention == vd.CAFFE
+
+
+def test_tf_checkpoint_is_recognised_and_needs_tensorflow(tmp_path):
+    # a V2 checkpoint's index file ends with TensorFlow's table magic; without TensorFlow: one line naming it
+    import importlib.util
+
+    from verydeep.weights.tfslim import TABLE_MAGIC
+
+    (tmp_path / "vgg_16.ckpt.index").write_bytes(b"\0" * 40 + TABLE_MAGIC)
+    (tmp_path / "vgg_16.ckpt.data-00000-of-00001").write_bytes(b"\0" * 16)
+    for f in ("vgg_16.ckpt.index", "vgg_16.ckpt.data-00000-of-00001"):
+        assert vd.weights.detect_format(tmp_path / f) == "tf-slim"
+        if importlib.util.find_spec("tensorflow") is None:
+            with pytest.raises(vd.WeightsError, match=r"needs TensorFlow \(pip install tensorflow-cpu\)"):
+                vd.load(tmp_path / f, "vgg16")
+    (tmp_path / "notes.index").write_bytes(b"plain text, not a table")
+    with pytest.raises(vd.WeightsError, match="unrecognised weight file format"):
+        vd.load(tmp_path / "notes.index", "vgg16")

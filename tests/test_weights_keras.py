@@ -125,3 +125,17 @@ def test_keras_archive_that_lies_about_its_member_is_refused(tmp_path):
         z.writestr("model.weights.h5", b"not hdf5")
     with pytest.raises(vd.WeightsError, match=r"bomb.keras!model.weights.h5"):
         vd.load(p, "vgg16")
+
+
+@pytest.mark.parametrize("make", ["dataset", "group_without_vars", "vars_not_numbered"])
+def test_hdf5_with_a_layers_group_that_is_not_keras(tmp_path, make):
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        g = f.create_group("layers")
+        if make == "dataset":
+            g.create_dataset("x", data=np.zeros(3))
+        elif make == "group_without_vars":
+            g.create_group("dense").create_dataset("kernel", data=np.zeros((3, 4)))
+        else:
+            g.create_group("dense").create_group("vars").create_dataset("kernel", data=np.zeros((3, 4)))
+    with pytest.raises(vd.WeightsError, match=r"x\.h5: "):
+        vd.load(tmp_path / "x.h5", "vgg16")
