@@ -14,7 +14,7 @@ from conftest import tiny
 MEAN = np.array([123.68, 116.779, 103.939], np.float32)
 
 
-def write_mat(model, path, newer):
+def write_mat(model, path, newer, v73=False):
     layers = []
     for name, module in zip(model.layer_names, list(model.features) + list(model.classifier)):
         if name.startswith(("conv", "fc")):
@@ -47,10 +47,16 @@ def write_mat(model, path, newer):
     for i, layer in enumerate(layers):
         cells[0, i] = layer
     avg = np.tile(MEAN, (model.config.crop_size, model.config.crop_size, 1))  # an average image, as older files
-    if newer:
-        scipy.io.savemat(path, {"layers": cells, "meta": {"normalization": {"averageImage": MEAN.reshape(3, 1)}}})
+    doc = {"layers": cells, "meta": {"normalization": {"averageImage": MEAN.reshape(3, 1)}}} if newer else \
+        {"layers": cells, "normalization": {"averageImage": avg}}
+    if v73:  # MATLAB's HDF5 layout, written by hdf5storage (cells as references, structs as groups)
+        hdf5storage = pytest.importorskip("hdf5storage")
+        for layer in layers:
+            for k, v in layer.items():
+                layer[k] = np.str_(v) if isinstance(v, str) else v
+        hdf5storage.savemat(str(path), doc, format="7.3", matlab_compatible=True)
     else:
-        scipy.io.savemat(path, {"layers": cells, "normalization": {"averageImage": avg}})
+        scipy.io.savemat(path, doc)
 
 
 def neural_style_forward(path, x, newer):
@@ -85,6 +91,24 @@ def test_matconvnet_file(tmp_path, name, newer):
     src = tiny(name)
     path = tmp_path / f"imagenet-{name}.mat"
     write_mat(src, path, newer)
+    check(src, path, name, newer)
+
+
+@pytest.mark.parametrize("newer", [False, True])
+def test_matconvnet_v73_file(tmp_path, newer):
+    # the same network in MATLAB v7.3 (HDF5) must load to the same model as its v5 twin
+    src = tiny("vgg16")
+    write_mat(src, tmp_path / "v5.mat", newer)
+    write_mat(src, tmp_path / "v73.mat", newer, v73=True)
+    assert (tmp_path / "v73.mat").read_bytes().startswith(b"MATLAB 7.3 MAT-file")
+    a, b = vd.load(tmp_path / "v5.mat", "vgg16"), vd.load(tmp_path / "v73.mat", "vgg16")
+    assert a.card == b.card
+    for (n, x), (_, y) in zip(a.weight_layers(), b.weight_layers()):
+        assert torch.equal(x.weight, y.weight) and torch.equal(x.bias, y.bias), n
+    check(src, tmp_path / "v5.mat", "vgg16", newer)
+
+
+def check(src, path, name, newer):
     assert vd.weights.detect_format(path) == "matconvnet"
     m = vd.load(path, name)
     assert m.config == src.config and m.card.origin == "matconvnet"
@@ -106,7 +130,7 @@ def test_matconvnet_malformed(tmp_path):
     with pytest.raises(vd.WeightsError, match="without a `layers` cell"):
         vd.load(tmp_path / "x.mat", "vgg16")
     (tmp_path / "v73.mat").write_bytes(b"MATLAB 7.3 MAT-file, Platform: GLNXA64" + b" " * 90)
-    with pytest.raises(vd.WeightsError, match="v7.3"):
+    with pytest.raises(vd.WeightsError, match="v73.mat: cannot read as a MATLAB file"):
         vd.load(tmp_path / "v73.mat", "vgg16")
     (tmp_path / "t.mat").write_bytes(b"MATLAB 5.0 MAT-file" + b"\0" * 200)
     with pytest.raises(vd.WeightsError, match="v73.mat|t.mat"):

@@ -156,8 +156,9 @@ def recipe_lines(study) -> list[str]:
          f"canvases); test: {cfg.test_images} images"),
         ("initialisation", "A: N(0, 0.01); deeper nets: A's first 4 conv + 3 FC layers",
          "A: the same (the std scaled to the narrow layers' fan-in, exactly 0.01 at the paper's widths); deeper nets: "
-         "A's layers, the others Glorot (N(0, 0.01) left D at chance at this width); B and shallow B both Glorot from "
-         "scratch, so that their comparison is fair"),
+         "A's layers, the others Glorot (N(0, 0.01) left D at chance at this width); B and shallow B both from scratch, "
+         "B with Glorot, shallow B with N(0, 0.01) (each stayed at chance with the other scheme: no one scheme trains "
+         "both)"),
         ("dropout", "0.5 on fc6, fc7", str(cfg.dropout)),
         ("batch", "256", f"{cfg.batch_size} (256 fits in memory, but gives a quarter of the updates per epoch)"),
         ("learning rate", "1e-2; fine-tuning 1e-3", f"{cfg.lr:g}; fine-tuning {cfg.lr / 10:g}"),
@@ -263,7 +264,7 @@ def write_report(study, cells: dict) -> str:
     for deep in ("B", "D", "E"):
         finding(f"depth helps: err(A) - err({deep})", e(t3, "A"), e(t3, deep), +1)
     finding("1x1 worse than 3x3 at equal depth: err(C) - err(D)", e(t3, "C"), e(t3, "D"), +1)
-    finding("deep small filters beat shallow large ones (both Glorot): err(B-shallow) - err(B)", e(t3, "B-shallow"),
+    finding("deep small filters beat shallow large ones (both from scratch): err(B-shallow) - err(B)", e(t3, "B-shallow"),
             e(t3, "B"), +1)
     for n in ("C", "D", "E"):
         finding(f"scale jittering at training helps (one test scale): err({n}384) - err({n}j)", e(t3, f"{n}384"),

@@ -7,7 +7,9 @@ H x W x in x out; the first layer's input channels are RGB (the importer flips C
 layers after the last pooling (fc6's filter is 7 x 7 x 512 x 4096). The input convention is in the file: RGB,
 0-255, minus `normalization.averageImage` (older) or `meta.normalization.averageImage` (newer), an image or a
 mean colour. Pooling layers carry the importer's pad [0 1 0 1], which rounds output sizes up as Caffe did.
-MATLAB v7.3 files (HDF5) are refused with a line saying how to convert them."""
+MATLAB v7.3 files (HDF5: cells as object references, structs as groups, arrays with their dimensions reversed, chars
+as UTF-16 codes) are read through the same parser, each dataset's declared size checked against the file's before
+it is read."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,21 +51,81 @@ def _float(a, path: Path, name: str) -> np.ndarray:
     return a.astype(np.float32)
 
 
+MAX_DECLARED_PER_FILE_BYTE = 4   # v7.3 datasets may declare more than the file holds (compression): bounded
+
+
+class _H5Struct:
+    """A MATLAB v7.3 struct (an HDF5 group) seen as loadmat's struct objects are: fields as attributes."""
+
+    def __init__(self, file, group, budget):
+        self._file, self._group, self._budget = file, group, budget
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name not in self._group:
+            raise AttributeError(name)
+        return _h5_value(self._file, self._group[name], self._budget)
+
+    def get(self, name, default=None):
+        return getattr(self, name) if name in self._group else default
+
+
+def _h5_value(file, node, budget):
+    import h5py
+
+    if isinstance(node, h5py.Group):
+        return _H5Struct(file, node, budget)
+    cls = node.attrs.get("MATLAB_class", b"")
+    cls = cls.decode() if isinstance(cls, bytes) else str(cls)
+    if node.attrs.get("MATLAB_empty", 0):
+        return None
+    if node.dtype == h5py.ref_dtype or node.dtype.kind == "O":  # a cell: references to its elements
+        refs = np.asarray(node[()]).T
+        out = np.empty(refs.shape, object)
+        for i, r in np.ndenumerate(refs):
+            out[i] = _h5_value(file, file[r], budget)
+        return out
+    if node.is_virtual or node.external:
+        raise WeightsError(f"{node.name} keeps its data outside the file; refused")
+    budget[0] -= int(np.prod(node.shape, dtype=object)) * node.dtype.itemsize
+    if budget[0] < 0:
+        raise WeightsError(f"{node.name}: the file declares more data than it could hold; refused unread")
+    a = np.asarray(node[()]).T   # MATLAB's column-major dimensions, back in MATLAB's order
+    if cls == "char":
+        return "".join(map(chr, a.ravel(order="F")))
+    return a
+
+
+def _load_v73(path: Path) -> dict:
+    import h5py
+
+    f = h5py.File(path, "r")  # kept open while the parser walks it; closed by the caller
+    budget = [MAX_DECLARED_PER_FILE_BYTE * path.stat().st_size]
+    return {"__file__": f, **{k: _h5_value(f, f[k], budget) for k in f if not k.startswith("#")}}
+
+
 @register("matconvnet", detect=lambda head, path: head.startswith((MAGIC_V5, MAGIC_V73)), order=25)
 def read(path: Path) -> Tensors:
     with open(path, "rb") as f:
-        if f.read(len(MAGIC_V73)) == MAGIC_V73:
-            raise WeightsError(f"{path}: a MATLAB v7.3 (HDF5) file; save it as v5 in MATLAB (save(f, '-struct', "
-                               f"'net', '-v7')) or load the v5 release of the same weights")
+        v73 = f.read(len(MAGIC_V73)) == MAGIC_V73
     try:
+        if v73:
+            data = _load_v73(path)
+            try:
+                return _parse(path, data)
+            finally:
+                data["__file__"].close()
         import scipy.io
-    except ImportError:  # pragma: no cover - scipy is a dependency of scikit-learn
-        raise WeightsError(f"{path}: reading MatConvNet files needs scipy (pip install scipy)") from None
-    try:
+
         # squeeze_me=False: a squeezed 1 x 1 x in x out filter could not be told from an H x W one
         data = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=False)
-    except (ValueError, TypeError, OSError, NotImplementedError, MemoryError) as e:
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}" if not str(e).startswith(str(path)) else str(e)) from None
+    except (ValueError, TypeError, OSError, KeyError, NotImplementedError, MemoryError) as e:
         raise WeightsError(f"{path}: cannot read as a MATLAB file: {str(e).splitlines()[0][:200]}") from None
+    return _parse(path, data)
+
+
+def _parse(path: Path, data: dict) -> Tensors:
     net = _one(data.get("net", None))
     root = net if net is not None and hasattr(net, "layers") else None
     layers = root.layers if root is not None else data.get("layers")
