@@ -224,8 +224,9 @@ def write_report(study, cells: dict) -> str:
               for n in study.runs}
         table("Table 5: evaluation techniques", ["net", "test Q", "protocol", "top-1", "top-5", "paper"],
               [[k[0], q5.get(k[0], k[0].split("Q=")[-1]), k[1], _fmt(_col(v, 0)), _fmt(_col(v, 1)),
-                "{} / {}".format(*paper.TABLE5[(k[0][0], k[1])]) if (k[0][0], k[1]) in paper.TABLE5 and
-                k[0].endswith("j") else "-"] for k, v in t5.items()])
+                ("{} / {}".format(*paper.TABLE5[(k[0][0], k[1])]) + ("" if k[0].endswith("j") else
+                                                                       " (jittered, 3 scales)"))
+                if (k[0][0], k[1]) in paper.TABLE5 and " Q=" not in k[0] else "-"] for k, v in t5.items()])
     if t6:
         pairs = sorted(set(t6.get("pair", {}).values()))
         rows = [["fusion of " + " / ".join(pairs), p, _fmt(_col(t6[p], 0)), _fmt(_col(t6[p], 1)),
