@@ -119,3 +119,21 @@ def test_shared_options_are_checked(weights, tmp_path, args, match):
     argv = [a.format(w=weights, d=tmp_path) for a in args]
     r = subprocess.run([sys.executable, "-m", "verydeep", *argv], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and match in r.stderr, r.stderr
+
+
+def test_loaded_nets_are_in_eval_mode_and_untrained_nets_are_named(weights, image, caplog):
+    # vd.load gives a net ready to predict (dropout off: two calls agree); predict without --weights says the net
+    # is untrained
+    import logging
+
+    import verydeep as vd
+    from verydeep.predict import PredictConfig, predict
+
+    m = vd.load(weights)
+    assert not m.training
+    x = torch.randn(1, 3, m.config.crop_size, m.config.crop_size)
+    with torch.no_grad():
+        assert torch.equal(m(x), m(x))
+    with caplog.at_level(logging.WARNING, logger="verydeep"):
+        predict(PredictConfig(model="A", width=1 / 16, fc_width=32, crop=64, num_classes=7, images=[str(image)]))
+    assert "untrained (random weights)" in caplog.text

@@ -413,3 +413,36 @@ def test_images_in_memory_give_the_views_of_the_files(folder, smin, smax):
         assert torch.equal(a.indices, b.indices) and torch.equal(a.shifts, b.shifts) and torch.equal(a.labels, b.labels)
         assert b.images.is_contiguous(memory_format=torch.channels_last)
         assert (a.images.int() - b.images.int()).abs().max() <= (1 if smin == smax else 0)
+
+
+def test_a_folder_of_splits_is_never_read_as_classes(tmp_path):
+    # train/, val/, test/ at the top: the split is required, and a misspelt one is named against those that exist
+    for split in ("train", "val", "test"):
+        imagenet_folder(tmp_path / "d" / split, per_class=1)
+    with pytest.raises(UserError, match=r"holds the splits train, val, test; give --split"):
+        open_source(tmp_path / "d")
+    with pytest.raises(UserError, match=r"no split 'tset' \(it holds train, val, test\)"):
+        open_source(tmp_path / "d", split="tset")
+    assert open_source(tmp_path / "d", split="val").classes == ["n01", "n02", "n03"]
+
+
+def test_limit_samples_every_class(folder):
+    # --limit N: a seeded class-stratified sample, not the first N images (which would be the first classes only)
+    from verydeep.data.open import sample
+
+    src = ImageFolder(folder)
+    sub = sample(src, 6, seed=0)
+    labels = [src.labels()[i] for i in sub.indices]
+    assert len(labels) == 6 and np.bincount(labels).tolist() == [2, 2, 2]
+    assert list(sample(src, 6, seed=0).indices) == list(sub.indices)  # seeded
+    with pytest.raises(UserError, match="positive"):
+        sample(src, 0)
+
+
+def test_pack_decodes_every_image_and_counts_the_unusable(tmp_path, capsys):
+    # a text file and a truncated JPEG named .jpg are skipped and counted, not packed
+    cls = tmp_path / "data" / "n01"
+    expected = bad_files(cls)
+    index = pack(ImageFolder(tmp_path / "data"), tmp_path / "shards", progress=False)
+    assert index["skipped"] == sum(v == "skip" for v in expected.values())
+    assert index["count"] == sum(v == "ok" for v in expected.values())

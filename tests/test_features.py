@@ -166,3 +166,23 @@ def test_transfer_defaults_follow_the_named_dataset():
     assert (c.train_per_class, c.test_per_class) == (60, 0)  # 0: all the rest
     c = build(TransferConfig, {"dataset": "caltech256", "test_per_class": 25})  # what is given wins
     assert c.test_per_class == 25
+
+
+def test_transfer_leaves_out_the_rows_the_extraction_skipped(tmp_path, capsys):
+    # an unreadable image is an all-zero row in the features; it must neither train nor test an SVM
+    import json
+
+    from verydeep.transfer import TransferConfig, read_features, run
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 12)
+    x = rng.normal(size=(36, 8)).astype(np.float32) + labels[:, None] * 3.0
+    skipped = [0, 13, 30]
+    x[skipped] = 0.0
+    np.save(tmp_path / "f.npy", x)
+    (tmp_path / "f.json").write_text(json.dumps({"labels": labels.tolist(), "skipped": skipped,
+                                                 "classes": ["a", "b", "c"]}))
+    _, _, keep = read_features(tmp_path / "f.npy")
+    assert (~keep).nonzero()[0].tolist() == skipped
+    r = run(TransferConfig(features=str(tmp_path / "f.npy"), train_per_class=5, test_per_class=0, splits=2))
+    assert r["left_out"] == 3 and "3 image(s) the extraction skipped (unreadable) left out" in capsys.readouterr().out
