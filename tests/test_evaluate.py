@@ -185,6 +185,14 @@ def test_explain_writes_a_png(model, data, tmp_path, capsys):
                  "--out", str(tmp_path / "e.png")]) == 0
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
     assert "score map 3x4" in capsys.readouterr().out  # 171x128 -> pool5 5x4 -> 3x4 windows
+    # explain's probability is predict's (dense + flip at the same scale), said in its output
+    assert main(["explain", data.path(0), "--weights", str(tmp_path / "m.safetensors"), "--scales", "128",
+                 "--out", str(tmp_path / "e.png")]) == 0
+    said = capsys.readouterr().out
+    assert main(["predict", data.path(0), "--weights", str(tmp_path / "m.safetensors"), "--scales", "128",
+                 "--json", "-"]) == 0
+    top = json.loads(capsys.readouterr().out)["results"][0]["top"][0]
+    assert f"p = {top['probability']:.3f}, dense + flip at Q = 128, as predict" in said
 
 
 def test_predict_protocols_and_scales(model, data, tmp_path, capsys):
