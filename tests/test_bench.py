@@ -80,3 +80,19 @@ def test_train_step_row_has_both_gemm_ratios():
     flops = 3 * 2 * r["macs_per_image"] * r["batch"]
     want = statistics.median(flops / s / 1e9 / g for s, g in zip(r["step_seconds"], r["gemm_each"]))
     assert len(r["gemm_each"]) == len(r["step_seconds"]) == 2 and r["beside_ratio"] == pytest.approx(want)
+
+
+def test_openvino_peer_is_skipped_in_one_line_when_absent(monkeypatch, capsys, tmp_path):
+    import builtins
+
+    from verydeep.bench import BenchConfig, openvino_runners
+
+    real = builtins.__import__
+
+    def no_openvino(name, *a, **k):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError(name)
+        return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    assert openvino_runners(BenchConfig(device="cpu"), None, tmp_path) == []
+    assert capsys.readouterr().out == "peers: openvino not installed, skipped (pip install openvino nncf)\n"

@@ -255,6 +255,53 @@ def onnxruntime_runner(cfg: BenchConfig, model, tmp: Path) -> list[Runner]:
                    section="peers")]
 
 
+def openvino_runners(cfg: BenchConfig, model, tmp: Path) -> list[Runner]:
+    """OpenVINO, the peer a CPU user would pick: verydeep's exported ONNX graph, compiled per batch size (static
+    shapes, as OpenVINO runs best) in fp32 and, where the CPU has native bf16, bf16; int8 through NNCF's
+    post-training quantisation when nncf is installed (calibrated on noise: speed only, as verydeep's int8 row)."""
+    if cfg.device != "cpu":
+        return []
+    try:
+        import openvino as ov
+    except ImportError:
+        print("peers: openvino not installed, skipped (pip install openvino nncf)")
+        return []
+    from .export import export_onnx
+    from .precision import native_bf16
+
+    path = tmp / "vgg16.onnx"
+    if not path.is_file():
+        export_onnx(model.cpu(), path)
+    core = ov.Core()
+    base = core.read_model(str(path))
+    variants = [("fp32", "f32", base)] + ([("bf16", "bf16", base)] if native_bf16(torch.device("cpu")) else [])
+    try:
+        import nncf
+
+        calib = [np.random.default_rng(i).standard_normal((1, 3, 224, 224), dtype=np.float32) for i in range(8)]
+        variants.append(("int8", "f32", nncf.quantize(base, nncf.Dataset(calib), subset_size=len(calib))))
+    except ImportError:
+        print("peers: nncf not installed, OpenVINO int8 skipped (pip install nncf)")
+    out = []
+    for name, hint, graph in variants:
+        compiled: dict[int, object] = {}
+        inputs: dict[int, np.ndarray] = {}
+
+        def run(batch, graph=graph, hint=hint, compiled=compiled, inputs=inputs):
+            if batch not in compiled:
+                g = graph.clone()
+                g.reshape({g.inputs[0].any_name: [batch, 3, 224, 224]})
+                compiled[batch] = core.compile_model(g, "CPU", {
+                    "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
+                    "INFERENCE_NUM_THREADS": torch.get_num_threads()}).create_infer_request()
+            x = inputs.setdefault(batch, np.random.default_rng(0).standard_normal((batch, 3, 224, 224),
+                                                                                   dtype=np.float32))
+            return compiled[batch].infer({0: x})
+        out.append(Runner(f"openvino {ov.__version__.split('-')[0]} {name}", run,
+                          "fp32" if name == "fp32" else "bf16", section="peers"))
+    return out
+
+
 def keras_runner(cfg: BenchConfig) -> list[Runner]:
     os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
@@ -425,7 +472,8 @@ def run(cfg: BenchConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         runners = verydeep_runners(cfg, model) if "inference" in cfg.sections else []
         if "peers" in cfg.sections:
-            runners += onnxruntime_runner(cfg, model, Path(tmp)) + keras_runner(cfg)
+            runners += onnxruntime_runner(cfg, model, Path(tmp)) + openvino_runners(cfg, model, Path(tmp)) + \
+                keras_runner(cfg)
         if runners:
             rows += inference(cfg, runners, gemm)
         runners = []  # frees every net before training
