@@ -50,6 +50,8 @@ def verdict(mean: float, std: float, n: int, expected_sign: int) -> str:
     if n == 0 or math.isnan(mean):
         return "not run"
     if n == 1:
+        if mean == 0:
+            return "1 seed, no spread to judge: no difference"
         return "1 seed, no spread to judge: " + ("the paper's direction" if mean * (expected_sign or -1) > 0
                                                  else "opposite to the paper")
     se = std / math.sqrt(n)
@@ -273,8 +275,8 @@ def write_report(study, cells: dict) -> str:
     for n in ("C", "D", "E"):
         finding(f"multi-scale testing helps: err({n}j, 1 scale) - err({n}j, 3 scales)", e(t3, f"{n}j"),
                 e(t4, f"{n}j"), +1)
-    if "D" in t3 and "Dj" not in t3:  # the quick study: its one net's single against multiple scales
-        finding("multi-scale testing helps: err(D, 1 scale) - err(D, 3 scales)", e(t3, "D"), e(t4, "D"), +1)
+    for n in [n for n in ("A", "D") if n in t3 and "Dj" not in t3]:  # the quick study: fixed-S nets' scales
+        finding(f"multi-scale testing helps: err({n}, 1 scale) - err({n}, 3 scales)", e(t3, n), e(t4, n), +1)
     for n in dict.fromkeys(k[0] for k in t5 if " " not in k[0]):
         finding(f"multi-crop slightly better than dense: err({n} dense) - err({n} multi-crop)", e(t5, (n, "dense")),
                 e(t5, (n, "multicrop")), +1)
