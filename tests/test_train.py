@@ -82,6 +82,13 @@ def test_plateau_schedule_on_a_scripted_sequence():
     assert t == s
 
 
+def test_no_plateau_is_counted_at_chance_level():
+    # a net at chance (10 classes: 10% accuracy) for five epochs has not stopped improving: it has not started
+    s = PlateauSchedule(lr=1e-2, patience=2, max_decays=3, chance=0.15)
+    actions = [s.step(a) for a in [0.1, 0.1, 0.12, 0.1, 0.1, 0.3, 0.3, 0.3]]
+    assert actions == ["chance"] * 5 + ["improved", "wait", "decay"] and s.decays == 1
+
+
 def test_stage_presets_scale_with_the_crop():
     def s(**over):
         cfg = make_config({"data": "x", **over})

@@ -321,7 +321,8 @@ class Trainer:
         if cfg.compile:  # dropout stays keyed: its keys and salt are graph inputs (models.KeyedDropout)
             self.model = torch.compile(self.model)
         self.opt = optimizer(self.raw.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, d.device)
-        self.schedule = PlateauSchedule(cfg.lr, cfg.patience, 0.1, cfg.max_decays)
+        # chance level with half again as margin: no plateau is counted before the net starts learning
+        self.schedule = PlateauSchedule(cfg.lr, cfg.patience, 0.1, cfg.max_decays, chance=1.5 / len(self.classes))
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.partial = [0.0, 0.0, 0.0]  # loss sum, correct, count of the epoch in progress
         self.records: list[dict] = []   # every metrics record (metrics.jsonl and TensorBoard are views of it)
