@@ -28,7 +28,7 @@ log = logging.getLogger("verydeep")
 class StudyConfig:
     out: str | None = None          # study folder (default runs/study, or runs/quick)
     data: str | None = None         # a mini-ILSVRC folder (built in OUT/data when not given)
-    quick: bool = False             # the demo: nets A and D, one seed, a smaller training set
+    quick: bool = False             # the demo: nets A and D, one seed, schedules cut to about 5 minutes
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # seeds: every run is repeated with each
     # Scaled down where the scale forces it (each scaling is written in the report):
     crop: int = 64                  # 224 -> 64: every S and Q scaled by 64/224
@@ -42,8 +42,8 @@ class StudyConfig:
     lr: float = paper.LR            # from scratch and from net A; fine-tuning stages at lr / 10 (the paper's 1e-3)
     # epochs without validation improvement before lr / 10 (the paper: "stopped improving"; an epoch here is ~300
     # updates). 1 decayed on noise: net B's error rose 0.7 points once (1,000 validation images: ~1.4 points of
-    # standard error) and its rate fell at epoch 6, ending 8 points behind A; shallow B sat at chance for one epoch
-    # and never learned after its decays
+    # standard error) and its rate fell at epoch 6, ending 8 points behind A; Glorot's shallow B sat at chance for
+    # one epoch and never learned after its decays
     patience: int = 2
     max_decays: int = paper.LR_DECAYS  # then stop
     max_epochs: int = 24            # cap on the from-scratch schedules (the report says which runs hit a cap)
