@@ -44,7 +44,10 @@ def test_bench_parity_on_real_images(tmp_path, monkeypatch):
     assert main(["bench", "--only", "parity", "--weights", str(tmp_path / "a.safetensors"), "--data",
                  str(tmp_path / "data"), "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert {(r["precision"], r["protocol"]) for r in rows} == {(p, q) for p in ("fp32", "bf16", "int8")
+    share = [r for r in rows if r["protocol"] == "rechecked"]
+    assert len(share) == 1 and 0 <= share[0]["rechecked_share"] <= 1 and share[0]["calibration_images"] == 12
+    rows = [r for r in rows if r["protocol"] != "rechecked"]
+    assert {(r["precision"], r["protocol"]) for r in rows} == {(p, q) for p in ("fp32", "bf16", "int8", "int8-raw")
                                                               for q in ("center", "dense")}
     for r in rows:
         assert r["images"] == 12 and 0 <= r["top1_agreement"] <= 1 and 0 <= r["max_posterior_diff"] <= 1

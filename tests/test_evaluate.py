@@ -80,6 +80,38 @@ def test_default_precision_agrees_with_fp32(model, data):
         assert diff < (0.03 if ev.precision == "bf16" else 1e-5), (p, ev.precision, diff)
 
 
+def test_int8_rechecks_near_ties_in_fp32(model, data):
+    # Every result whose top-2 margin is under `recheck` is recomputed in fp32: with a margin of 1 that is all of
+    # them, and the posteriors are fp32's; with 0 none is, and int8's own differ from fp32's.
+    _, ref = run(model, data, ["center", "dense"], [72])
+    ev, post = run(model, data, ["center", "dense"], [72], precision="int8", recheck=1.0)
+    assert ev.rechecked == ev.checked == 2 * len(data) and ev.precision_text == "int8 (100.0% fp32)"
+    raw, raw_post = run(model, data, ["center", "dense"], [72], precision="int8", recheck=0.0)
+    assert raw.rechecked == 0 and raw.precision_text == "int8"
+    for p in ("center", "dense"):
+        np.testing.assert_allclose(post.combine(p, [72]), ref.combine(p, [72]), atol=1e-5)
+        assert np.abs(raw_post.combine(p, [72]) - ref.combine(p, [72])).max() > 1e-4
+
+
+def test_int8_calibrates_on_the_given_images(model, data):
+    ev = Evaluator(model, workers=0, precision="int8", progress=False)
+    ev.calibrate(data, 72, n=4)
+    assert ev.net.calibrated
+    with pytest.raises(ValueError, match="applies once"):
+        ev.net.calibrate(torch.zeros(1, 3, 64, 64))
+
+
+def test_evaluate_states_agreement_with_fp32(tmp_path, model, data):
+    vd.save(model, tmp_path / "a.safetensors")
+    assert main(["evaluate", "--weights", str(tmp_path / "a.safetensors"), "--data", str(data.root), "--protocol",
+                 "dense", "--precision", "int8", "--agreement", "5", "--out", str(tmp_path / "t")]) == 0
+    row = json.loads((tmp_path / "t.json").read_text())["rows"][0]
+    assert row["precision"].startswith("int8 (") and row["top-1 = fp32"].split("% of ")[1].startswith("5 (")
+    assert main(["evaluate", "--weights", str(tmp_path / "a.safetensors"), "--data", str(data.root), "--protocol",
+                 "dense", "--precision", "fp32", "--out", str(tmp_path / "f")]) == 0
+    assert json.loads((tmp_path / "f.json").read_text())["rows"][0]["top-1 = fp32"] == "-"
+
+
 def test_dense_at_the_crop_size_equals_the_fc_net(model):
     # A square image at Q = crop: the score map is 1x1 and equals the FC output (section 3).
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))

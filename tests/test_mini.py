@@ -100,13 +100,27 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
     cells = study.run()
     assert set(cells) == {"t3", "t4", "t5"} and set(cells["t3"]) == {"A", "D"}
     text = write_report(study, cells)
-    assert "Table 3" in text and "| A |" in text and (tmp_path / "study" / "REPORT.md").is_file()
+    assert "Table 3" in text and "| A " in text and (tmp_path / "study" / "REPORT.md").is_file()
     # the recipe and each net's schedule are in the report
     assert "## The recipe" in text and "| dropout | 0.5 on fc6, fc7 | 0.5 |" in text
     assert study.schedule("D", 0)["epochs"] == 1 and "| D | from A | 1 |" in text
     before = (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime
     R.Study(cfg).run()  # cached: nothing retrained
     assert (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime == before
+
+
+def test_a_seed_at_chance_is_left_out_of_its_nets_figures():
+    # seed 1 of A never left chance (90% error on 10 classes): its A figures would mix a net that learned with one
+    # that did not, so every table of A drops that seed, and the report names it
+    from verydeep.report import without_chance
+
+    cells = {"t3": {"A": {0: (20.0, 2.0), 1: (90.0, 50.0), 2: (21.0, 2.1)}, "A-LRN": {0: (19.0, 2.0), 1: (19.5, 2.0)}},
+             "t4": {"A": {0: (19.0, 2.0), 1: (89.0, 50.0)}}, "t5": {("A", "dense"): {1: (88.0, 50.0), 2: (20.0, 2.0)}},
+             "t8": {"pcr-fc": {1: 80.0}}}
+    kept, dead = without_chance(cells)
+    assert dead == {"A": [1]}
+    assert set(kept["t3"]["A"]) == {0, 2} and set(kept["t3"]["A-LRN"]) == {0, 1}
+    assert set(kept["t4"]["A"]) == {0} and set(kept["t5"][("A", "dense")]) == {2} and kept["t8"] == cells["t8"]
 
 
 def test_verdict_needs_two_standard_errors_in_the_papers_direction():

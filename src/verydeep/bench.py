@@ -415,22 +415,29 @@ def protocols(cfg: BenchConfig, model) -> list[dict]:
 def parity(cfg: BenchConfig) -> list[dict]:
     """Agreement of each precision with fp32 direct convolution on real images: top-1 labels and the largest
     posterior difference, for centre crops and dense score maps at the net's own test scale (Q = S). "fp32" is the
-    default fp32 chain (Winograd convolutions on a CPU)."""
+    default fp32 chain (Winograd convolutions on a CPU). int8 is calibrated as `evaluate` does it (a sample of the
+    data's train split when it has one, else of the compared images) and measured twice: as it runs in `evaluate`
+    (near-ties recomputed in fp32; the share recomputed is reported) and alone ("int8-raw")."""
     from .data import Subset, open_source
-    from .evaluate import Evaluator
+    from .evaluate import CALIBRATION_IMAGES, Evaluator
     from .weights import load
 
-    src = open_source(cfg.data, split="test") if (Path(cfg.data) / "test").is_dir() else open_source(cfg.data)
+    root = Path(cfg.data)
+    src = open_source(cfg.data, split="test") if (root / "test").is_dir() else open_source(cfg.data)
+    cal = open_source(cfg.data, split="train") if (root / "train").is_dir() else src
     src = Subset(src, np.random.default_rng(0).permutation(len(src))[:cfg.parity_images], "parity subset")
     rows = []
     for w in cfg.weights:
         model = load(w)
         q = model.train_scale[0] if model.train_scale else paper.default_test_scale(model.config.crop_size)
         evs = {p: Evaluator(model, cfg.device, 32, 0, p, progress=False) for p in ("fp32", "bf16", "int8")}
+        evs["int8-raw"] = Evaluator(model, cfg.device, 32, 0, "int8", progress=False, recheck=0.0)
         evs["direct"] = Evaluator(model, cfg.device, 32, 0, "fp32", progress=False)
         evs["direct"].net = FastVGG(model, "fp32", cfg.device, winograd=False)
+        for p in ("int8", "int8-raw"):
+            evs[p].calibrate(cal, q)
         post = {p: ev.run(src, ["center", "dense"], [q]) for p, ev in evs.items()}
-        for p in ("fp32", "bf16", "int8"):
+        for p in ("fp32", "bf16", "int8", "int8-raw"):
             for protocol in ("center", "dense"):
                 a, b = post["direct"].combine(protocol, [q]), post[p].combine(protocol, [q])
                 ok = post["direct"].valid
@@ -439,9 +446,16 @@ def parity(cfg: BenchConfig) -> list[dict]:
                              "top1_agreement": float((a[ok].argmax(1) == b[ok].argmax(1)).mean()),
                              "max_posterior_diff": float(np.abs(a[ok] - b[ok]).max())})
                 r = rows[-1]
-                print(f"parity {Path(w).parent.name or w:<14} {p:<5} {protocol:<7} top-1 agreement "
+                print(f"parity {Path(w).parent.name or w:<14} {p:<8} {protocol:<7} top-1 agreement "
                       f"{100 * r['top1_agreement']:6.2f}%  max posterior diff {r['max_posterior_diff']:.4f}  "
                       f"({r['images']} images)", flush=True)
+        ev = evs["int8"]
+        rows.append({"section": "parity", "weights": str(w), "precision": "int8", "protocol": "rechecked",
+                     "calibration_images": min(CALIBRATION_IMAGES, len(cal)),
+                     "rechecked_share": ev.rechecked / max(ev.checked, 1)})
+        print(f"parity {Path(w).parent.name or w:<14} int8: calibrated on {rows[-1]['calibration_images']} images "
+              f"of {cal.root}; {100 * rows[-1]['rechecked_share']:.1f}% of results recomputed in fp32 (top-2 "
+              f"margin < {ev.recheck})", flush=True)
     return rows
 
 

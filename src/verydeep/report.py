@@ -192,8 +192,29 @@ def schedule_lines(study, schedules) -> list[str]:
     return lines + [""]
 
 
+CHANCE_MARGIN = 5  # a net within this many points of chance-level error did not learn
+
+
+def without_chance(cells: dict, classes: int = 10) -> tuple[dict, dict]:
+    """The cells with every (net, seed) whose single-scale error is at chance level left out of every table of that
+    net (its mean would otherwise mix a net that learned with one that did not), and those left out, net -> seeds."""
+    chance = 100 * (1 - 1 / classes)
+    dead: dict = {}
+    for n, cell in cells.get("t3", {}).items():
+        for seed, v in cell.items():
+            if _col({seed: v}, 0)[0] >= chance - CHANCE_MARGIN:
+                dead.setdefault(n, []).append(seed)
+    out = dict(cells)
+    for key in ("t3", "t4", "t5"):
+        if key in cells:
+            out[key] = {k: {seed: v for seed, v in c.items() if seed not in dead.get(k[0] if key == "t5" else k, [])}
+                        for k, c in cells[key].items()}
+    return out, dead
+
+
 def write_report(study, cells: dict) -> str:
     cfg = study.cfg
+    cells, dead = without_chance(cells)
     t3, t4, t5, t6, t8, tr = (cells.get(k, {}) for k in ("t3", "t4", "t5", "t6", "t8", "transfer"))
     names = [n for n in study.runs if n in t3]
     schedules = {n: {s: study.schedule(n, s) for s in cfg.seeds} for n in names}
@@ -219,7 +240,8 @@ def write_report(study, cells: dict) -> str:
         cell = cells.get(key, {})
         if cell:
             table(title, ["net", "train S", "test Q", "top-1", "top-5", "paper"],
-                  [[n, S_TEXT[study.runs[n][1]], ",".join(map(str, qs(n))), _fmt(_col(cell[n], 0)),
+                  [[n + (f" (seed {', '.join(map(str, dead[n]))} did not learn: left out)" if n in dead else ""),
+                    S_TEXT[study.runs[n][1]], ",".join(map(str, qs(n))), _fmt(_col(cell[n], 0)),
                     _fmt(_col(cell[n], 1)), paper_cell(ptable, n)] for n in study.runs if n in cell])
     if t5:
         q5 = {n: ",".join(map(str, paper.multi_scales(cfg.crop) if n.endswith("j") else study.multi_q(n)))
@@ -249,17 +271,19 @@ def write_report(study, cells: dict) -> str:
 
     findings, others = [], []
 
-    chance = 100 * (1 - 1 / 10)
-    at_chance = {n for n in t3 if _stats(_col(t3[n], 0))[0] >= chance - 5}
-
     def finding(text, a, b, sign, k=0, paper_claim=True):
         m, s, n = paired(a, b, k) if a and b else (float("nan"), float("nan"), 0)
-        if n:  # experiments this study did not run (--quick) are left out
-            dead = [x for x in at_chance if f"({x})" in text or f"({x} " in text or f"({x}," in text]
-            v = f"not judged: {', '.join(sorted(dead))} did not learn (chance level)" if dead and \
-                paper_claim else verdict(m, s, n, sign)
-            (findings if paper_claim else others).append(
-                [text, f"{m:+.2f}" + (f" ± {s:.2f}" if n > 1 else ""), str(n), v])
+        named = [x for x in dead if f"({x})" in text or f"({x} " in text or f"({x}," in text]
+        left = sorted({seed for x in named for seed in dead[x]})
+        note = f" (seed {', '.join(map(str, left))} left out: {', '.join(named)} did not learn)" if left else ""
+        if n:
+            v = verdict(m, s, n, sign) + note
+        elif left:
+            v = f"not judged: {', '.join(named)} did not learn (chance level)"
+        else:  # experiments this study did not run (--quick) are left out
+            return
+        (findings if paper_claim else others).append([text, f"{m:+.2f}" + (f" ± {s:.2f}" if n > 1 else ""), str(n),
+                                                      v])
 
     e = lambda table_, key: table_.get(key, {})  # noqa: E731
     seeds_of = lambda d: {s: (v,) for s, v in d.items()}  # noqa: E731
