@@ -405,6 +405,36 @@ def test_timm_state_dict(tmp_path, container):
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_released_files_are_recognised_by_content(tmp_path, monkeypatch, caplog):
+    # Caffe weights under torchvision's keys (jcjohnson's vgg16-00b39a1b.pth) look like torchvision's own file; the
+    # content's sha256 prefix (torch.hub's name suffix) tells them apart, whatever the file is called now
+    from verydeep.weights import torchvision as tv
+
+    _, sd = _tv_state_dict("vgg11", crop_size=64, width=1 / 16, fc_width=32)
+    torch.save(sd, tmp_path / "renamed.pth")
+    assert vd.load(tmp_path / "renamed.pth", "vgg11").input_convention == vd.TORCHVISION  # unknown: its keys' origin
+    monkeypatch.setitem(tv.KNOWN_FILES, tv.fingerprint(tmp_path / "renamed.pth"), tv.KNOWN_FILES["00b39a1b"])
+    m = vd.load(tmp_path / "renamed.pth", "vgg11")
+    assert m.input_convention == vd.CAFFE and m.card.origin == "torchvision"
+    with caplog.at_level("WARNING", logger="verydeep"):
+        m = vd.load(tmp_path / "renamed.pth", "vgg11", preprocess=vd.TORCHVISION)
+    assert m.input_convention == vd.TORCHVISION
+    assert "authors' Caffe model" in caplog.text and "made for caffe input" in caplog.text
+
+
+def test_a_classifier_of_nan_loads_as_features_only(tmp_path, caplog):
+    # torchvision's vgg16_features-amdegroot-88682ab5.pth fills its classifier with NaN
+    src, sd = _tv_state_dict("vgg16", crop_size=64, width=1 / 16, fc_width=32)
+    sd = {k: (torch.full_like(v, float("nan")) if k.startswith("classifier") else v) for k, v in sd.items()}
+    torch.save(sd, tmp_path / "f.pth")
+    with caplog.at_level("WARNING", logger="verydeep"):
+        m = vd.load(tmp_path / "f.pth", "vgg16", strict=False, crop_size=64, width=1 / 16)
+    assert "all NaN: loaded as a feature-only model" in caplog.text
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m.extract(x, "relu5_3")["relu5_3"], src.extract(x, "relu5_3")["relu5_3"])
+
+
 @pytest.mark.parametrize("with_fc", [False, True])
 def test_gatys_style_file(tmp_path, with_fc):
     # vgg_conv.pth of Gatys' neural style code: conv1_1.weight ... conv5_4.bias (Caffe's VGG-19 weights, so Caffe's

@@ -10,6 +10,7 @@ every shape and dtype of the file against it, and only then allocates the model 
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import os
 import pkgutil
@@ -23,6 +24,8 @@ from ..card import Card, Preprocess
 from ..errors import WeightsError
 from ..models import VGG, config_name, model_config
 from .base import FORMATS, Lazy, Tensors
+
+log = logging.getLogger("verydeep")
 
 
 @lru_cache(maxsize=1)
@@ -209,9 +212,18 @@ def build(path: str | os.PathLike, name: str | None = None, *, num_classes: int 
             raise WeightsError(f"{path}: {e}") from None
     with torch.device("meta"):  # every shape checked against the file before anything is allocated
         _plan(VGG(cfg), t, path, strict)
+    if t.known and preprocess is not None and preprocess != t.preprocess:
+        log.warning("%s is %s, made for %s input; the stated preprocessing (%s) overrides that", path, t.known,
+                    convention_name(t.preprocess), convention_name(preprocess))
     model = VGG(_card(t, cfg, preprocess, pooling))
     assign(model, t, path, strict)
     return model
+
+
+def convention_name(p: Preprocess) -> str:
+    from ..card import CONVENTIONS
+
+    return next((k for k, v in CONVENTIONS.items() if v == p), f"{p.order} x{p.scale:g} mean {p.mean} std {p.std}")
 
 
 def load(path: str | os.PathLike, name: str | None = None, **options) -> VGG:

@@ -50,6 +50,7 @@ class Tensors:
     pooling: str = "floor"          # the max-pool rounding its origin computed with
     card: Card | None = None        # files that carry a whole model card (verydeep's)
     lrn: bool | None = None         # whether the file's network has an LRN layer (A-LRN), where the file says
+    known: str | None = None        # a released file recognised by its content (torchvision.KNOWN_FILES)
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,46 @@
 weights_only=True: a .pth never runs code here."""
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
 from pathlib import Path
 
 import torch
 
-from ..card import CAFFE, TORCHVISION, Card
+from ..card import CAFFE, TORCHVISION, Card, Preprocess
 from ..checkpoint import torch_load
 from ..errors import UserError, WeightsError
 from .base import Layer, Tensors, register
+
+log = logging.getLogger("verydeep")
+
+# amdegroot/ssd.pytorch's VGG-16 features as torchvision ships them (VGG16_Weights.IMAGENET1K_FEATURES): 0-255 RGB
+# minus the mean pixel, as the paper's Caffe model but in RGB order.
+AMDEGROOT = Preprocess("RGB", 255.0, (123.0, 117.0, 104.0), (1.0, 1.0, 1.0))
+# Released files under torchvision's keys whose keys do not tell their input convention, by the first 8 hex digits
+# of the file's sha256 (the suffix torch.hub names them by and checks): torchvision's own (RGB, mean/std), and the
+# authors' Caffe weights converted by jcjohnson/pytorch-vgg (BGR 0-255 minus the mean pixel; with torchvision's
+# preprocessing their logits are off by ~25). Recognised by content, so a renamed copy is recognised too.
+KNOWN_FILES: dict[str, tuple[str, Preprocess]] = {
+    "00b39a1b": ("VGG-16 converted from the authors' Caffe model (jcjohnson/pytorch-vgg)", CAFFE),
+    "d01eb7cb": ("VGG-19 converted from the authors' Caffe model (jcjohnson/pytorch-vgg)", CAFFE),
+    "88682ab5": ("VGG-16 features of amdegroot/ssd.pytorch (torchvision IMAGENET1K_FEATURES)", AMDEGROOT),
+    **{h: (f"torchvision's {n}", TORCHVISION) for h, n in (
+        ("8a719046", "vgg11"), ("bbd30ac9", "vgg11"), ("19584684", "vgg13"), ("c768596a", "vgg13"),
+        ("397923af", "vgg16"), ("dcbb9e9d", "vgg19"), ("6002323d", "vgg11_bn"), ("abd245e5", "vgg13_bn"),
+        ("6c64b313", "vgg16_bn"), ("c79401a0", "vgg19_bn"))},
+}
+
+
+def fingerprint(path: Path) -> str:
+    """The first 8 hex digits of the file's sha256 (torch.hub's file-name suffix)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:8]
+
 
 _KEY = re.compile(r"^(features|classifier)\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
 
@@ -115,6 +146,14 @@ def read(path: Path) -> Tensors:
     t = from_state_dict(unwrap(obj, path), path, "torchvision")
     if t.fmt == "torchvision":
         t.preprocess = TORCHVISION
+        known = KNOWN_FILES.get(fingerprint(path))
+        if known:
+            t.known, t.preprocess = known
+            log.info("%s: recognised as %s", path, known[0])
+    if t.fcs and all(not torch.isfinite(layer.weight).any() for layer in t.fcs):
+        # torchvision's IMAGENET1K_FEATURES file fills its classifier with NaN: its features are what it holds
+        log.warning("%s: the classifier weights are all NaN: loaded as a feature-only model", path)
+        t.fcs = []
     if isinstance(obj, dict) and ("card" in obj or "model_config" in obj):  # a verydeep training checkpoint
         try:
             t.fmt = "verydeep checkpoint"
