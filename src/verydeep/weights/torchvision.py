@@ -144,8 +144,10 @@ def read(path: Path) -> Tensors:
         raise WeightsError(str(e).replace("unreadable PyTorch state dict", "cannot read as a PyTorch state dict")) \
             from None
     t = from_state_dict(unwrap(obj, path), path, "torchvision")
+    checkpoint = isinstance(obj, dict) and ("card" in obj or "model_config" in obj)
     if t.fmt == "torchvision":
         t.preprocess = TORCHVISION
+    if t.fmt == "torchvision" and not checkpoint:
         known = KNOWN_FILES.get(fingerprint(path))
         if known:
             t.known, t.preprocess = known
@@ -154,7 +156,7 @@ def read(path: Path) -> Tensors:
         # torchvision's IMAGENET1K_FEATURES file fills its classifier with NaN: its features are what it holds
         log.warning("%s: the classifier weights are all NaN: loaded as a feature-only model", path)
         t.fcs = []
-    if isinstance(obj, dict) and ("card" in obj or "model_config" in obj):  # a verydeep training checkpoint
+    if checkpoint:  # a verydeep training checkpoint
         try:
             t.fmt = "verydeep checkpoint"
             if "card" in obj:
