@@ -269,6 +269,14 @@ def write_report(study, cells: dict) -> str:
         table(f"Transfer: relu7 features on scikit-learn digits, linear SVM, {cfg.transfer_per_class} training "
               f"images per class (mean class recall %)", ["features", "recall", "paper (Caltech-101)"], rows)
 
+    agree = cells.get("agreement", {})
+    if agree:
+        seed = next(iter(next(iter(agree.values()))))
+        lines.extend([f"Precision: every table above was computed in {study.precision}. Its top-1 agreement with fp32 "
+                      f"(dense, one test scale, seed {seed}, {cfg.test_images} test images) and the largest "
+                      f"difference of a posterior: " + "; ".join(f"{n} {v[seed][0]:.1f}% ({v[seed][1]:.3f})"
+                                                                 for n, v in agree.items() if seed in v) + ".", ""])
+
     findings, others = [], []
 
     def finding(text, a, b, sign, k=0, paper_claim=True):

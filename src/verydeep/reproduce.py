@@ -220,18 +220,20 @@ class Study:
         src = open_source(self.data, split="test")
         return Subset(src, np.random.default_rng(0).permutation(len(src))[:self.cfg.test_images], "test subset")
 
-    def posteriors(self, name: str, seed: int, protocols: list[str], scales: list[int]):
+    def posteriors(self, name: str, seed: int, protocols: list[str], scales: list[int], precision: str | None = None):
         from .evaluate import Evaluator, Posteriors
         from .weights import load
 
-        key = f"{name}-s{seed}-{'+'.join(protocols)}-{'_'.join(map(str, scales))}.npz"
+        precision = precision or self.precision
+        tag = "" if precision == self.precision else f"-{precision}"
+        key = f"{name}-s{seed}-{'+'.join(protocols)}-{'_'.join(map(str, scales))}{tag}.npz"
         path = self.out / "eval" / key
         if path.is_file():
             return Posteriors.load(path)
         weights = self.train(name, seed)
-        self.log(f"evaluate {name} (seed {seed}): {', '.join(protocols)} at Q = {scales}")
+        self.log(f"evaluate {name} (seed {seed}): {', '.join(protocols)} at Q = {scales}{tag}")
         ev = Evaluator(load(weights), batch_size=64, workers=self.cfg.workers,
-                       precision=self.precision, progress=sys.stderr.isatty())
+                       precision=precision, progress=sys.stderr.isatty())
         post = ev.run(self.test_source(), protocols, scales)
         post.save(path)
         return post
@@ -284,6 +286,15 @@ class Study:
                 self.fusion(seed, q3, add)
                 self.localisation(seed, add)
                 self.transfer(seed, add)
+        if self.precision != "fp32":  # the tables are not fp32's: show how far they agree with it (first seed)
+            seed = cfg.seeds[0]
+            for name in names:
+                single = self.single_q(name)
+                a = self.posteriors(name, seed, ["dense"], single)
+                b = self.posteriors(name, seed, ["dense"], single, "fp32")
+                pa, pb = a.combine("dense", single)[a.valid], b.combine("dense", single)[a.valid]
+                add("agreement", name, seed, (100 * float((pa.argmax(1) == pb.argmax(1)).mean()),
+                                              float(np.abs(pa - pb).max())))
         from .provenance import provenance
 
         self.results = {"config": asdict(cfg), "provenance": provenance("cpu", self.precision), "cells": {t: {json.dumps(k) if isinstance(k, tuple) else k: v
