@@ -2,14 +2,21 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(SUM)
+# the tests' engines (Keras, ONNX Runtime, OpenCV, TensorFlow, ...) are installed by `make test` only
+TEST_STAMP := $(VENV)/.installed-test-$(SUM)
 
 .PHONY: demo test install fashion-mnist clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -22,7 +29,7 @@ fashion-mnist:
 demo: $(STAMP) fashion-mnist
 	$(BIN)/verydeep reproduce --quick
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q
 
 clean:

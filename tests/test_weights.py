@@ -460,6 +460,45 @@ def test_gatys_style_file(tmp_path, with_fc):
     assert m.card.origin == "gatys" and m.input_convention == vd.CAFFE
 
 
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
+def test_tf_slim_checkpoint_against_tensorflow(tmp_path, arch):
+    # A V2 checkpoint written by TensorFlow's own SaveV2 under TF-slim's variable names and layouts (H x W x in x out;
+    # fc6-fc8 as VALID convolutions), read by verydeep; the logits of TensorFlow's forward pass of slim's vgg_16 /
+    # vgg_19 graph (SAME 3x3 convolutions, VALID 2x2 max-pooling) on the same preprocessed input.
+    tf = pytest.importorskip("tensorflow")
+    src = tiny(arch)
+    convs = [(n, m) for n, m in src.weight_layers() if n.startswith("conv")]
+    fcs = [m for n, m in src.weight_layers() if n.startswith("fc")]
+    names, tensors = [], []
+    for n, m in convs:  # conv3_2 -> vgg_16/conv3/conv3_2
+        block = n[4:].split("_")[0]
+        names += [f"{arch[:3]}_{arch[3:]}/conv{block}/{n}/weights", f"{arch[:3]}_{arch[3:]}/conv{block}/{n}/biases"]
+        tensors += [m.weight.detach().permute(2, 3, 1, 0).numpy(), m.bias.detach().numpy()]
+    k = src.config.head_kernel
+    for j, m in zip((6, 7, 8), fcs):
+        kk = k if j == 6 else 1
+        w = m.weight.detach().reshape(m.out_features, -1, kk, kk).permute(2, 3, 1, 0).numpy()
+        names += [f"{arch[:3]}_{arch[3:]}/fc{j}/weights", f"{arch[:3]}_{arch[3:]}/fc{j}/biases"]
+        tensors += [w, m.bias.detach().numpy()]
+    prefix = str(tmp_path / f"{arch[:3]}_{arch[3:]}.ckpt")
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+    m = vd.load(prefix + ".index", arch)
+    assert m.card.origin == "tf-slim" and m.input_convention.mean == (123.68, 116.78, 103.94)
+    x = torch.randn(2, 3, 64, 64)
+    y = tf.constant(x.permute(0, 2, 3, 1).numpy())
+    blocks = [n[4:].split("_")[0] for n, _ in convs] + [None]
+    for i in range(len(convs)):
+        y = tf.nn.relu(tf.nn.conv2d(y, tensors[2 * i], 1, "SAME") + tensors[2 * i + 1])
+        if blocks[i + 1] != blocks[i]:  # the last convolution of a block
+            y = tf.nn.max_pool2d(y, 2, 2, "VALID")
+    for i, j in enumerate((6, 7, 8)):
+        w, b = tensors[2 * len(convs) + 2 * i], tensors[2 * len(convs) + 2 * i + 1]
+        y = tf.nn.conv2d(y, w, 1, "VALID") + b
+        y = tf.nn.relu(y) if j < 8 else y
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), torch.from_numpy(tf.squeeze(y, [1, 2]).numpy()), rtol=1e-4, atol=1e-4)
+
+
 def test_tf_checkpoint_is_recognised_and_needs_tensorflow(tmp_path):
     # a V2 checkpoint's index file ends with TensorFlow's table magic; without TensorFlow: one line naming it
     import importlib.util
