@@ -13,19 +13,10 @@ precision, channels-last, the training images decoded into memory once (a fixed 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import statistics
 import sys
 import tempfile
 from pathlib import Path
-
-
-def hog(stop) -> None:
-    import numpy as np
-
-    a = np.random.rand(600, 600)
-    while not stop.is_set():
-        a = (a @ a) / 600.0
 
 
 SETTINGS = ("today", "new", "study")
@@ -65,7 +56,7 @@ def main() -> None:
 
     import torch
 
-    from verydeep.bench import gemm_gflops, train_step
+    from verydeep.bench import cpu_load, gemm_gflops, train_step
     from verydeep.mini import MiniConfig, build
     from verydeep.provenance import device_name
     from verydeep.reproduce import StudyConfig, measure_precision
@@ -73,11 +64,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     if not (Path(a.data) / "manifest.json").is_file():
         build(a.data, MiniConfig(), progress=False)
-    stop = mp.Event()
-    hogs = [mp.Process(target=hog, args=(stop,), daemon=True) for _ in range(a.load)]
-    for h in hogs:
-        h.start()
-    try:
+    with cpu_load(a.load):
         print(f"{device_name('cpu')}; {torch.get_num_threads()} threads; {a.load} CPU-bound process(es) beside")
         precision, timing = measure_precision()
         print(f"new precision (measured, net D's step): {precision} ({timing})")
@@ -107,10 +94,6 @@ def main() -> None:
                 row = train_step(net, 64, width, 512, 64, precision, 5, "cpu", gemm)
                 print(f"  {net} x{width} {precision}: {row['images_per_s']:.0f} img/s, {row['gemm_ratio']:.2f} of "
                       f"the GEMM (beside: {row['beside_ratio']:.2f})")
-    finally:
-        stop.set()
-        for h in hogs:
-            h.join(timeout=5)
 
 
 if __name__ == "__main__":

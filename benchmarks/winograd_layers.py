@@ -36,7 +36,7 @@ def main() -> None:
                                                               [1, 1], [1, 1], [1, 1], 1, None)
             runs = {"direct": lambda: torch.ops.mkldnn._convolution_pointwise(x, wp, b, [1, 1], [1, 1], [1, 1], 1,
                                                                               "relu", [], ""),
-                    "winograd": (lambda layer: lambda: layer(x))(Winograd(Conv(w, b, 1, True), {}))}
+                    "winograd": (lambda layer: lambda: layer(x))(Winograd(Conv(w, b, 1, True)))}
             ref = F.conv2d(x.double(), w.double(), b.double(), padding=1).relu()
             err = {k: ((f().double() - ref).abs().max() / ref.abs().max()).item() for k, f in runs.items()}
             times = {k: [] for k in runs}

@@ -21,7 +21,8 @@ def test_bench_inference_and_peers_json(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["gemm_gflops"]["fp32"] > 0 and res["gemm_gflops"]["bf16"] > 0
     modes = {r["mode"] for r in res["rows"]}
-    assert {"verydeep eager-fp32", "verydeep fp32", "verydeep bf16", "verydeep int8"} <= modes
+    assert {"verydeep eager-fp32", "verydeep fp32", "verydeep bf16", "verydeep int8", "verydeep fp32-nostreams",
+            "verydeep bf16-nostreams"} <= modes
     assert any(m.startswith("onnxruntime ") and "fp32" in m for m in modes)
     for r in res["rows"]:
         assert r["batch"] == 2 and r["images_per_s"] > 0 and r["range"][0] <= r["images_per_s"] <= r["range"][1]
@@ -53,6 +54,24 @@ def test_bench_parity_on_real_images(tmp_path, monkeypatch):
         assert r["images"] == 12 and 0 <= r["top1_agreement"] <= 1 and 0 <= r["max_posterior_diff"] <= 1
         if r["precision"] == "fp32":  # Winograd against direct convolution
             assert r["top1_agreement"] == 1 and r["max_posterior_diff"] < 1e-4
+
+
+def test_cpu_load_runs_beside_and_stops():
+    import multiprocessing as mp
+
+    from verydeep.bench import cpu_load
+
+    with cpu_load(2):
+        assert len([p for p in mp.active_children() if p.is_alive()]) >= 2
+    assert not [p for p in mp.active_children() if p.is_alive()]
+    with pytest.raises(Exception, match="--load must be 0 or more"):
+        main_or_raise(["bench", "--load", "-1"])
+
+
+def main_or_raise(argv):
+    from verydeep.bench import BenchConfig
+
+    return BenchConfig(load=int(argv[-1]))
 
 
 def test_peak_memory_sees_an_allocation():

@@ -37,7 +37,7 @@ def test_winograd_equals_direct_convolution(shape, relu):
     x = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
     ref = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
     ref = ref.relu() if relu else ref
-    layer = Winograd(Conv(weight, bias, 1, relu), {})
+    layer = Winograd(Conv(weight, bias, 1, relu))
     for _ in range(2):  # the second call reuses the buffers: stale padding would show
         out = layer(x)
         assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
@@ -60,6 +60,29 @@ def test_fp32_equals_reference_on_crops_and_maps(name, winograd_from, monkeypatc
     out = net.score_map(big)
     assert out.shape == ref_map.shape and out.dtype == torch.float32
     assert rel(out, ref_map) < 1e-4
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_streams_compute_what_one_stream_does(precision, monkeypatch):
+    # a batch in two streams (one thread each, fast.STREAMS) gives the single-stream results, crops and maps; the
+    # Winograd layers' buffers are per thread, and the thread count is restored
+    monkeypatch.setattr(fast, "WINOGRAD_MIN_CHANNELS", 1)
+    m = small("D")
+    net = FastVGG(m, precision)
+    x, big = torch.randn(4, 3, 32, 32), torch.randn(2, 3, 45, 61)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(fast, "STREAMS", 1)
+        one, one_map = net(x), net.score_map(big)
+        monkeypatch.setattr(fast, "STREAMS", 2)
+        two, two_map = net(x), net.score_map(big)
+        odd = net(x[:3])  # not divisible: one stream
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    tol = 1e-5 if precision == "fp32" else 1e-2
+    assert rel(two, one) < tol and rel(two_map, one_map) < tol and rel(odd, one[:3]) < tol
 
 
 @pytest.mark.parametrize("precision, tol", [("bf16", 5e-2), ("int8", 0.15)])

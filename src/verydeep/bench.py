@@ -18,13 +18,14 @@ import statistics
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import paper
+from . import fast, paper
 from .config import repeated
 from .errors import ConfigError
 from .fast import FastVGG
@@ -48,6 +49,7 @@ class BenchConfig(RunOptions):
     data: str | None = None        # parity: real images (a dataset folder; its test split when it has one)
     parity_images: int = 500       # parity: images compared
     compile: bool = True           # also time the torch.compile'd chain (it compiles once per input size)
+    load: int = 0                  # CPU-bound processes started beside the measurement (a shared host, a CI runner)
     json: str | None = None        # write every figure to this JSON file
 
     @property
@@ -62,6 +64,34 @@ class BenchConfig(RunOptions):
             raise ConfigError(f"--only {','.join(sorted(unknown))}: sections are {', '.join(SECTIONS)}")
         if self.repeats < 1 or any(b < 1 for b in self.batches) or self.train_batch < 1:
             raise ConfigError("--repeats, --batches and --train-batch must be at least 1")
+        if self.load < 0:
+            raise ConfigError("--load must be 0 or more")
+
+
+def _hog(stop) -> None:
+    a = np.random.rand(600, 600)
+    while not stop.is_set():
+        a = (a @ a) / 600.0
+
+
+@contextmanager
+def cpu_load(n: int):
+    """`n` CPU-bound processes (NumPy matrix products) running until the block ends: the machine as a shared host or
+    a CI runner leaves it."""
+    import multiprocessing as mp
+
+    stop = mp.get_context("spawn").Event()
+    procs = [mp.get_context("spawn").Process(target=_hog, args=(stop,), daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
 
 
 def machine(device: str) -> dict:
@@ -210,7 +240,9 @@ def verydeep_runners(cfg: BenchConfig, model) -> list[Runner]:
     dev = cfg.device
     out = []
     modes = ["eager-fp32", "fp32", "bf16"] + (["bf16-compiled"] if cfg.compile else [])
-    for mode in modes + (["int8"] if dev == "cpu" else []):
+    # the fast chain with its batch across all threads, as before streams (fast.STREAMS): what streams gain
+    modes += ["fp32-nostreams", "bf16-nostreams", "int8"] if dev == "cpu" else []
+    for mode in modes:
         if mode == "eager-fp32":   # what a plain PyTorch VGG does
             net = model.to(dev)
         else:
@@ -219,10 +251,14 @@ def verydeep_runners(cfg: BenchConfig, model) -> list[Runner]:
                 net.calibrate(torch.randn(8, 3, 224, 224, device=dev))
         inputs: dict[int, torch.Tensor] = {}
 
-        def run(batch, net=net, inputs=inputs):
+        def run(batch, net=net, inputs=inputs, streams=fast.STREAMS if "nostreams" not in mode else 1):
             x = inputs.setdefault(batch, torch.randn(batch, 3, 224, 224, device=dev))
-            with torch.inference_mode():
-                return net(x)
+            saved, fast.STREAMS = fast.STREAMS, streams
+            try:
+                with torch.inference_mode():
+                    return net(x)
+            finally:
+                fast.STREAMS = saved
         # int8 has no GEMM rate of its own here: it is set against bf16's, the fastest measured.
         out.append(Runner(f"verydeep {mode}", run, "fp32" if "fp32" in mode else "bf16"))
     return out
@@ -467,7 +503,14 @@ def _fmt(r: dict) -> str:
 
 
 def run(cfg: BenchConfig) -> dict:
-    """`verydeep bench`."""
+    """`verydeep bench` (with --load N, beside N CPU-bound processes it starts)."""
+    with cpu_load(cfg.load):
+        if cfg.load:
+            print(f"load: {cfg.load} CPU-bound process(es) running beside the measurement", flush=True)
+        return _run(cfg)
+
+
+def _run(cfg: BenchConfig) -> dict:
     from .provenance import provenance
 
     device, _ = cfg.runtime()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -38,6 +39,23 @@ from .precision import Precision, mkldnn_ok
 from .utils import keep_freed_memory
 
 log = logging.getLogger("verydeep")
+
+# Streams: a CPU batch of at least STREAMS images runs as STREAMS parts, each on its own thread with one intra-op
+# thread, instead of every operation split across all threads. The fp32 Winograd chain is many short OpenMP-parallel
+# operations whose barriers stall whenever one thread is preempted: VGG-16, batch 8, beside a CPU-bound process, fp32
+# ran at 4.34 img/s in two streams against 1.64 across two threads, bf16 12.6 against 11.5 (benchmarks: `verydeep
+# bench --load 1`; quiet figures in BENCHMARKS.md). Results are identical.
+STREAMS = 2
+_POOLS: dict = {}
+
+
+def _stream_pool(k: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if k not in _POOLS:
+        _POOLS[k] = ThreadPoolExecutor(k, thread_name_prefix="verydeep-stream")
+    return _POOLS[k]
+
 
 # ---------------------------------------------------------------------------------------------------- the chain
 @dataclass
@@ -71,18 +89,20 @@ class Winograd:
     buffers are shared by the layers of one net, so one net serves one thread at a time."""
     m, a = 4, 6
 
-    def __init__(self, s: Conv, workspace: dict):
+    def __init__(self, s: Conv, workspace: threading.local | None = None):
         bt, g, at = (torch.tensor(t, dtype=torch.float64) for t in (_BT, _G, _AT))
         u = torch.einsum("ik,ockl,jl->ijco", g, s.weight.double(), g)  # G g G^T for every (out, in) pair
         self.u = u.reshape(self.a * self.a, s.weight.shape[1], s.weight.shape[0]).float().contiguous()
         self.bb, self.aa = torch.kron(bt, bt).float(), torch.kron(at, at).float()  # both sides of each transform
-        self.bias, self.relu, self.ws = s.bias.float(), s.relu, workspace
+        self.bias, self.relu = s.bias.float(), s.relu
+        self.ws = workspace if workspace is not None else threading.local()
 
     def _buf(self, name: str, *shape: int) -> torch.Tensor:
         n = math.prod(shape)
-        if self.ws.get(name) is None or self.ws[name].numel() < n:
-            self.ws[name] = torch.empty(n)
-        return self.ws[name][:n].view(shape)
+        ws = self.ws.__dict__  # threading.local: each stream (fast.STREAMS) has its own buffers
+        if ws.get(name) is None or ws[name].numel() < n:
+            ws[name] = torch.empty(n)
+        return ws[name][:n].view(shape)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n_img, c, h, w = x.shape
@@ -234,7 +254,8 @@ class FastVGG:
 
     def _pack(self, winograd: bool) -> None:
         self._ops = []
-        self._workspace: dict = {}  # the Winograd layers' buffers, shared: the layers run one after another
+        # the Winograd layers' buffers, shared by the layers (they run one after another), one set per thread
+        self._workspace = threading.local()
         for s in self.steps:
             if (winograd and self.precision == "fp32" and isinstance(s, Conv) and s.padding == 1
                     and s.weight.shape[2:] == (3, 3) and s.weight.shape[1] >= WINOGRAD_MIN_CHANNELS):
@@ -269,15 +290,35 @@ class FastVGG:
                     h, w = pooled_size(h, k, st, op.ceil_mode), pooled_size(w, k, st, op.ceil_mode)
         return out
 
-    def _onednn(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        key = None if None in self._by_shape else (y.shape[0], y.shape[2], y.shape[3])
+    def _ops_for(self, shape: torch.Size) -> list:
+        key = None if None in self._by_shape else (shape[0], shape[2], shape[3])
         if key not in self._by_shape:
             self._by_shape[key] = self._packed(key)
             while len(self._by_shape) > 2:  # a crop batch size and a dense size stay packed; 2 copies of weights
                 self._by_shape.popitem(last=False)
         self._by_shape.move_to_end(key)
-        for op in self._by_shape[key]:
+        return self._by_shape[key]
+
+    def _onednn(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        threads = torch.get_num_threads()
+        k = min(STREAMS, threads, len(y)) if self.device.type == "cpu" else 1
+        if k < 2 or len(y) % k:
+            return self._run(y, self._ops_for(y.shape))
+        # Streams: the batch in k parts, each on threads / k threads (one on 2 cores), so fewer threads wait at an
+        # operation's barrier for a preempted peer (see STREAMS).
+        parts = y.chunk(k)
+        ops = self._ops_for(parts[0].shape)  # packed here, not raced for by the streams
+        pool = _stream_pool(k)
+        torch.set_num_threads(threads // k)
+        try:
+            return torch.cat([f.result() for f in [pool.submit(self._run, part, ops) for part in parts]])
+        finally:
+            torch.set_num_threads(threads)
+
+    @staticmethod
+    def _run(y: torch.Tensor, ops: list) -> torch.Tensor:
+        for op in ops:
             if isinstance(op, tuple):
                 w, b, p, attr = op
                 y = torch.ops.mkldnn._convolution_pointwise(y, w, b, p, [1, 1], [1, 1], 1, attr, [], "")
