@@ -581,7 +581,7 @@ def run(cfg: EvalConfig) -> list[Row]:
         if ev.precision == "int8":
             cal = calibration_source(cfg)
             ev.calibrate(cal or source, min(scales))
-            print(f"int8: calibrated on {CALIBRATION_IMAGES} images of {(cal or source).root}")
+            print(f"int8: calibrated on {min(CALIBRATION_IMAGES, len(cal or source))} images of {(cal or source).root}")
         post = ev.run(source, protocols, scales)
         name = net_name(model, w)
         names.append(name)
