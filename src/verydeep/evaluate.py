@@ -579,9 +579,9 @@ def run(cfg: EvalConfig) -> list[Row]:
         scales = parse_scales(cfg.scales, model, train_scale)
         ev = Evaluator(model, device, cfg.batch_size, cfg.workers, policy, progress=cfg.progress)
         if ev.precision == "int8":
-            cal = calibration_source(cfg)
-            ev.calibrate(cal or source, min(scales))
-            print(f"int8: calibrated on {min(CALIBRATION_IMAGES, len(cal or source))} images of {(cal or source).root}")
+            cal = calibration_source(cfg) or source
+            ev.calibrate(cal, min(scales))
+            print(f"int8: calibrated on {min(CALIBRATION_IMAGES, len(cal))} images of {cal.root}")
         post = ev.run(source, protocols, scales)
         name = net_name(model, w)
         names.append(name)
