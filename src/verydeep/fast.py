@@ -14,9 +14,9 @@ Precisions:
 - int8 on CPU: PyTorch's x86 post-training quantisation (FX graph mode, per-channel symmetric weights, per-tensor
   activations, their ranges the min/max over the calibration images: on the study's nets PyTorch's histogram
   observer, which clips outliers to minimise the squared error, agreed as often but moved a few posteriors by up to
-  0.81 where min/max moved them by 0.22), conv1_1 and fc8 kept in fp32: on a trained D, quantising fc8 alone cost 2.3 points of top-1 agreement,
-  any other single layer 0.3-1.0. `evaluate.Evaluator` calibrates on a sample of real images and recomputes
-  near-ties in fp32, which is what brings int8 to the agreement of bf16 (evaluate.py, RECHECK_MARGIN).
+  0.81 where min/max moved them by 0.22), conv1_1 and fc8 kept in fp32: on a trained D, quantising fc8 alone cost
+  2.3 points of top-1 agreement, any other single layer 0.3-1.0. `evaluate.Evaluator` calibrates on a sample of real
+  images and recomputes near-ties in fp32, which brings int8 to bf16's agreement (evaluate.py, RECHECK_MARGIN).
 "auto" picks bf16 where the hardware computes it natively (AMX or AVX512-BF16 CPUs, CUDA with bf16), else fp32.
 """
 from __future__ import annotations
