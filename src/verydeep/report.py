@@ -290,8 +290,9 @@ def write_report(study, cells: dict) -> str:
             v = f"not judged: {', '.join(named)} did not learn (chance level)"
         else:  # experiments this study did not run (--quick) are left out
             return
+        needed = f"{SE_RULE * s / math.sqrt(n):.2f}" if n > 1 else "-"
         (findings if paper_claim else others).append([text, f"{m:+.2f}" + (f" ± {s:.2f}" if n > 1 else ""), str(n),
-                                                      v])
+                                                      needed, v])
 
     e = lambda table_, key: table_.get(key, {})  # noqa: E731
     seeds_of = lambda d: {s: (v,) for s, v in d.items()}  # noqa: E731
@@ -338,11 +339,15 @@ def write_report(study, cells: dict) -> str:
             f"direction). Verdict: reproduced when the mean lies at least {SE_RULE:g} standard errors (std / sqrt(seeds)) "
             f"in the paper's direction, not reproduced when as far the other way, inconclusive in between. A claim of "
             f"no effect (LRN) is reproduced unless the variant helps by {SE_RULE:g} standard errors.")
-    lines += ["## The paper's findings at this scale", "", rule, "", "| finding | effect | seeds | verdict |",
-              "|---|---|---|---|"] + ["| " + " | ".join(f) + " |" for f in findings] + [""]
+    rule += (f" The column {SE_RULE:g} SE is the smallest mean effect that this spread over these seeds would call "
+             f"reproduced: a true effect smaller than it cannot be shown by this study.")
+    lines += ["## The paper's findings at this scale", "", rule, "",
+              f"| finding | effect | seeds | {SE_RULE:g} SE | verdict |",
+              "|---|---|---|---|---|"] + ["| " + " | ".join(f) + " |" for f in findings] + [""]
     if others:
-        lines += ["## Other comparisons (not claims of the paper)", "", "| comparison | effect | seeds | verdict |",
-                  "|---|---|---|---|"] + ["| " + " | ".join(f) + " |" for f in others] + [""]
+        lines += ["## Other comparisons (not claims of the paper)", "",
+                  f"| comparison | effect | seeds | {SE_RULE:g} SE | verdict |",
+                  "|---|---|---|---|---|"] + ["| " + " | ".join(f) + " |" for f in others] + [""]
     try:
         files = _plots(study, cells, schedules)
         lines += ["## Plots", ""] + [f"![{f}]({f})" for f in files] + [""]
