@@ -95,7 +95,7 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
           fake_arrays(per_class_train=12), workers=1, progress=False)
     cfg = R.StudyConfig(out=str(tmp_path / "study"), data=str(data), seeds=[0], crop=32, width=1 / 8, fc_width=32,
                         batch_size=8, max_epochs=1, init_epochs=1, finetune_epochs=1, test_images=20, workers=0, precision="fp32",
-                        quick=True)
+                        quick=True, restarts=0)
     study = R.Study(cfg)
     cells = study.run()
     assert set(cells) == {"t3", "t4", "t5"} and set(cells["t3"]) == {"A", "D"}
@@ -107,6 +107,33 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
     before = (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime
     R.Study(cfg).run()  # cached: nothing retrained
     assert (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime == before
+
+
+def test_a_net_that_never_left_chance_is_trained_again(tmp_path):
+    # A-s1 stayed at chance (90% error, 10 classes): its standing run is the restart A-s1-r1, evaluated under that
+    # name; a fine-tuning stage is never restarted; the schedule counts the restart and the minutes it cost
+    import json as js
+
+    from verydeep import reproduce as R
+
+    study = R.Study(R.StudyConfig(out=str(tmp_path), restarts=2))
+
+    def fake(run, errs):
+        d = tmp_path / "runs" / run
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"x")
+        (d / "metrics.jsonl").write_text("".join(js.dumps({"kind": "epoch", "epoch": i + 1, "val_top1_err": e,
+                                                             "train_seconds": 60.0}) + "\n" for i, e in enumerate(errs)))
+
+    fake("A-s0", [0.5, 0.2])
+    fake("A-s1", [0.9, 0.9, 0.9])
+    assert study.run_id("A", 0) == "A-s0" and study.run_id("A", 1) == "A-s1-r1"  # r1 not trained yet: it stands
+    fake("A-s1-r1", [0.9, 0.3])
+    assert study.run_id("A", 1) == "A-s1-r1" and study.train("A", 1) == tmp_path / "runs" / "A-s1-r1" / "model.safetensors"
+    sch = study.schedule("A", 1)
+    assert sch["restarts"] == 1 and sch["lost_seconds"] == 180.0 and sch["epochs"] == 2
+    fake("Dj-s1", [0.9])
+    assert study.run_id("Dj", 1) == "Dj-s1" and study.restarts("Dj") == 0
 
 
 def test_a_seed_at_chance_is_left_out_of_its_nets_figures():

@@ -178,8 +178,10 @@ def schedule_lines(study, schedules) -> list[str]:
     lines = ["## How training went", "",
              "Per net, over seeds: epochs trained, learning-rate decays, how many seeds ended the paper's schedule "
              "(3 decays, then no improvement) rather than the epoch cap, best validation top-1 error (centre crop), and "
-             "training minutes.", "",
-             "| net | init | epochs | decays | schedule ended | best val top-1 | minutes |", "|---|---|---|---|---|---|---|"]
+             "training minutes (with the minutes of restarted draws that never left chance level; restarts: seeds "
+             "whose first draw did not learn).", "",
+             "| net | init | epochs | decays | schedule ended | best val top-1 | minutes | restarts |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, per_seed in schedules.items():
         runs = [s for s in per_seed.values() if s]
         if not runs:
@@ -188,7 +190,8 @@ def schedule_lines(study, schedules) -> list[str]:
         how = f"from {finetune_from}" if finetune_from else f"from {init_from}" if init_from else init
         lines.append(f"| {name} | {how} | {_fmt([r['epochs'] for r in runs], 0)} | {_fmt([r['decays'] for r in runs], 0)} "
                      f"| {sum(r['ended'] for r in runs)}/{len(runs)} | {_fmt([r['best_val'] for r in runs])} | "
-                     f"{_fmt([r['seconds'] / 60 for r in runs])} |")
+                     f"{_fmt([(r['seconds'] + r.get('lost_seconds', 0)) / 60 for r in runs])} | "
+                     f"{sum(r.get('restarts', 0) for r in runs)} |")
     return lines + [""]
 
 
