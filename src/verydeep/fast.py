@@ -86,7 +86,7 @@ class Winograd:
     """A 3x3, padding-1 convolution (+ bias, optional ReLU) by F(4x4, 3x3) on channels-last fp32 maps of any size.
     The work goes in chunks of tiles through buffers kept between calls: whole-map temporaries would be 2.25x the
     input and fresh memory on every call (page faults), which measured slower than the direct convolution. The
-    buffers are shared by the layers of one net, so one net serves one thread at a time."""
+    buffers are shared by the layers of one net and kept per thread, so the streams of one net do not collide."""
     m, a = 4, 6
 
     def __init__(self, s: Conv, workspace: threading.local | None = None):
