@@ -82,6 +82,15 @@ def test_plateau_schedule_on_a_scripted_sequence():
     assert t == s
 
 
+def test_a_run_still_at_chance_gives_up_when_asked():
+    s = PlateauSchedule(lr=1e-2, patience=2, max_decays=3, chance=0.15, give_up=3)
+    assert [s.step(0.1) for _ in range(3)] == ["chance", "chance", "gave up"] and s.stopped
+    s = PlateauSchedule(lr=1e-2, patience=2, max_decays=3, chance=0.15, give_up=3)
+    # once it has learned, chance-level epochs (a divergence) are not a reason to give up
+    assert [s.step(a) for a in (0.1, 0.5, 0.1, 0.1, 0.1)] == ["chance", "improved", "chance", "chance", "chance"]
+    assert not s.stopped
+
+
 def test_no_plateau_is_counted_at_chance_level():
     # a net at chance (10 classes: 10% accuracy) for five epochs has not stopped improving: it has not started
     s = PlateauSchedule(lr=1e-2, patience=2, max_decays=3, chance=0.15)

@@ -75,6 +75,10 @@ class StudyConfig:
         return paper.at_crop(s, self.crop)
 
 
+# A from-scratch draw still at chance level after this many epochs is abandoned for a fresh one (restarts permitting):
+# seed 1's A left chance at epoch 5; the draws that never learned were still at 90% error at epoch 24.
+GIVE_UP = 8
+
 # name -> (model, stage, init_from (run name), finetune_from (run name), init scheme)
 # Section 3.1: net A from random weights N(0, 0.01) (the std scaled to the narrow layers' fan-in:
 # models.paper_fan_ins); deeper nets take A's first four conv layers and three FC layers, their other layers random.
@@ -224,6 +228,8 @@ class Study:
                 "patience": c.patience,
                 "max_decays": c.max_decays, "precision": self.precision, "workers": c.workers,
                 "seed": seed + 1000 * attempt,
+                # a draw still at chance after GIVE_UP epochs is abandoned for a fresh one while restarts remain
+                "give_up_at_chance": GIVE_UP if attempt < self.restarts(name) else 0,
                 "run_dir": str(d), "progress": sys.stderr.isatty(),
                 "max_epochs": c.finetune_epochs if finetune_from else c.init_epochs if init_from else c.max_epochs,
                 "lr": c.lr / 10 if finetune_from else c.lr, "resume": d.exists()}

@@ -16,16 +16,23 @@ class PlateauSchedule:
     max_decays: int = 3
     min_delta: float = 0.0     # an improvement must exceed this (accuracy, 0-1)
     chance: float = 0.0        # accuracy at or below this: the net has not started learning, no plateau is counted
+    give_up: int = 0           # stop a run that is still at chance after this many epochs (0: never)
+    chance_epochs: int = 0
     best: float = float("-inf")
     bad_epochs: int = 0
     decays: int = 0
     stopped: bool = False
 
     def step(self, accuracy: float) -> str:
-        """Record one epoch's validation accuracy; returns "improved", "wait", "decay" or "stop"."""
+        """Record one epoch's validation accuracy; returns "improved", "wait", "decay", "stop", "chance" or "gave up"
+        (still at chance after `give_up` epochs, never having left it)."""
         if self.stopped:
             return "stop"
         if accuracy <= self.chance:
+            self.chance_epochs += self.best == float("-inf")
+            if self.give_up and self.chance_epochs >= self.give_up and self.best == float("-inf"):
+                self.stopped = True
+                return "gave up"
             return "chance"
         if accuracy > self.best + self.min_delta:
             self.best, self.bad_epochs = accuracy, 0

@@ -72,6 +72,7 @@ class TrainConfig(RunOptions):
     # by 10
     max_decays: int = paper.LR_DECAYS  # learning-rate decays before training stops at the next plateau
     max_epochs: int = paper.MAX_EPOCHS  # epochs at most
+    give_up_at_chance: int = 0         # stop a run still at chance level after this many epochs (0: never)
     max_steps: int | None = None       # stop after this many optimisation steps in all (smoke runs)
     colour_augment: bool = True        # AlexNet's PCA colour shift (needs colour statistics; computed if missing)
     stats_images: int = 2000           # images sampled for the colour statistics when they are computed here
@@ -176,7 +177,7 @@ class TrainConfig(RunOptions):
 
 # Not part of a run's identity: may change when a run is resumed.
 OPERATIONAL = {"resume", "force", "workers", "progress", "checkpoint_minutes", "checkpoint_steps", "keep_last",
-               "threads", "max_epochs", "max_steps", "device", "eval_batch", "dist_timeout"}
+               "threads", "max_epochs", "max_steps", "device", "eval_batch", "dist_timeout", "give_up_at_chance"}
 # Compared resolved: 'runs/x' and '/home/me/runs/x' are the same run.
 PATH_FIELDS = ("data", "val", "run_dir", "init_from", "finetune_from")
 
@@ -322,7 +323,8 @@ class Trainer:
             self.model = torch.compile(self.model)
         self.opt = optimizer(self.raw.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, d.device)
         # chance level with half again as margin: no plateau is counted before the net starts learning
-        self.schedule = PlateauSchedule(cfg.lr, cfg.patience, 0.1, cfg.max_decays, chance=1.5 / len(self.classes))
+        self.schedule = PlateauSchedule(cfg.lr, cfg.patience, 0.1, cfg.max_decays, chance=1.5 / len(self.classes),
+                                        give_up=cfg.give_up_at_chance)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.partial = [0.0, 0.0, 0.0]  # loss sum, correct, count of the epoch in progress
         self.records: list[dict] = []   # every metrics record (metrics.jsonl and TensorBoard are views of it)
@@ -364,6 +366,7 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"{self.run_dir}: its checkpoint does not fit this run ({str(e).splitlines()[0][:160]})")
         self.schedule.load_state_dict(s["schedule"])
+        self.schedule.give_up = self.cfg.give_up_at_chance  # operational: this run's setting, not the stored one
         self.epoch, self.step_in_epoch, self.global_step = s["epoch"], s["step_in_epoch"], s["global_step"]
         self.partial, self.records, self.best_acc = list(s["partial"]), list(s["records"]), s["best_acc"]
         self.best_step, self.lr_overrides = s["best_step"], list(s.get("lr_overrides", []))
