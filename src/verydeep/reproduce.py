@@ -215,7 +215,8 @@ class Study:
                 self._train(name, seed, attempt, d, make_config, train)
             if not self.at_chance(d.name):
                 break
-            if attempt < self.restarts(name):
+            if attempt < self.restarts(name) and not (self.out / "runs" / self.run_id(name, seed, attempt + 1) /
+                                                      "model.safetensors").is_file():
                 self.log(f"{d.name} did not learn (chance level): trained again from a fresh draw of its "
                          f"initialisation ({attempt + 1} of at most {self.restarts(name)})")
         return weights
