@@ -21,8 +21,8 @@ def test_bench_inference_and_peers_json(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["gemm_gflops"]["fp32"] > 0 and res["gemm_gflops"]["bf16"] > 0
     modes = {r["mode"] for r in res["rows"]}
-    assert {"verydeep eager-fp32", "verydeep fp32", "verydeep bf16", "verydeep int8", "verydeep fp32-nostreams",
-            "verydeep bf16-nostreams"} <= modes
+    assert {"verydeep eager-fp32", "verydeep fp32", "verydeep bf16", "verydeep int8", "verydeep fp32-streams",
+            "verydeep bf16-streams"} <= modes
     assert any(m.startswith("onnxruntime ") and "fp32" in m for m in modes)
     for r in res["rows"]:
         assert r["batch"] == 2 and r["images_per_s"] > 0 and r["range"][0] <= r["images_per_s"] <= r["range"][1]

@@ -240,8 +240,8 @@ def verydeep_runners(cfg: BenchConfig, model) -> list[Runner]:
     dev = cfg.device
     out = []
     modes = ["eager-fp32", "fp32", "bf16"] + (["bf16-compiled"] if cfg.compile else [])
-    # the fast chain with its batch across all threads, as before streams (fast.STREAMS): what streams gain
-    modes += ["fp32-nostreams", "bf16-nostreams", "int8"] if dev == "cpu" else []
+    # the fast chain with its batch in two streams (fast.STREAMS, off by default): what streams gain or lose here
+    modes += ["fp32-streams", "bf16-streams", "int8"] if dev == "cpu" else []
     for mode in modes:
         if mode == "eager-fp32":   # what a plain PyTorch VGG does
             net = model.to(dev)
@@ -251,7 +251,7 @@ def verydeep_runners(cfg: BenchConfig, model) -> list[Runner]:
                 net.calibrate(torch.randn(8, 3, 224, 224, device=dev))
         inputs: dict[int, torch.Tensor] = {}
 
-        def run(batch, net=net, inputs=inputs, streams=fast.STREAMS if "nostreams" not in mode else 1):
+        def run(batch, net=net, inputs=inputs, streams=2 if mode.endswith("-streams") else fast.STREAMS):
             x = inputs.setdefault(batch, torch.randn(batch, 3, 224, 224, device=dev))
             saved, fast.STREAMS = fast.STREAMS, streams
             try:
