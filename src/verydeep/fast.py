@@ -40,12 +40,14 @@ from .utils import keep_freed_memory
 
 log = logging.getLogger("verydeep")
 
-# Streams: with STREAMS > 1, a CPU batch of at least STREAMS images runs as STREAMS parts, each on its own thread with one intra-op
-# thread, instead of every operation split across all threads. The fp32 Winograd chain is many short OpenMP-parallel
-# operations whose barriers stall whenever one thread is preempted: VGG-16, batch 8, beside a CPU-bound process, fp32
-# ran at 4.34 img/s in two streams against 1.64 across two threads, bf16 12.6 against 11.5 (benchmarks: `verydeep
-# bench --load 1`). Results are identical. But on the quiet machine the same fp32 batch ran at 5.86 img/s in streams
-# against 11.37 without (bf16 0.98x), so streams are off by default (1): set fast.STREAMS = 2 on a shared machine.
+# Streams: with STREAMS > 1, a CPU batch of at least STREAMS images runs as STREAMS parts, each on its own thread
+# with threads / STREAMS intra-op threads, instead of every operation split across all threads. The fp32 Winograd
+# chain is many short OpenMP-parallel operations whose barriers stall whenever one thread is preempted: VGG-16,
+# batch 8, beside the study's training (a one-off script, one process, medians of 5), fp32 ran at 4.34 img/s in two
+# streams against 1.64 across two threads, bf16 12.6 against 11.5; results are identical. On the quiet machine
+# (`verydeep bench --only gemm,inference,peers --batches 1,8`, its -streams rows) the same fp32 batch ran at 5.86
+# img/s in streams against 11.37 without (bf16 0.98x), so streams are off by default: set STREAMS = 2 on a shared
+# machine.
 STREAMS = 1
 _POOLS: dict = {}
 
