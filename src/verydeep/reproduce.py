@@ -200,19 +200,19 @@ class Study:
         if not (self.out / "runs" / run / "model.safetensors").is_file() or not f.is_file():
             return False
         errs = [json.loads(line)["val_top1_err"] for line in f.read_text().splitlines() if '"epoch"' in line]
-        return bool(errs) and 100 * min(errs) >= 100 * (1 - 1 / 10) - 5
+        from .report import CHANCE_MARGIN  # the one definition of "did not learn", with the report's
+
+        return bool(errs) and 100 * min(errs) >= 100 * (1 - 1 / 10) - CHANCE_MARGIN
 
     def run_dir(self, name: str, seed: int) -> Path:
         return self.out / "runs" / self.run_id(name, seed)
 
     def train(self, name: str, seed: int) -> Path:
-        from .train import make_config, train
-
         for attempt in range(self.restarts(name) + 1):
             d = self.out / "runs" / self.run_id(name, seed, attempt)
             weights = d / "model.safetensors"
             if not weights.is_file():
-                self._train(name, seed, attempt, d, make_config, train)
+                self._train(name, seed, attempt, d)
             if not self.at_chance(d.name):
                 break
             if attempt < self.restarts(name) and not (self.out / "runs" / self.run_id(name, seed, attempt + 1) /
@@ -221,7 +221,9 @@ class Study:
                          f"initialisation ({attempt + 1} of at most {self.restarts(name)})")
         return weights
 
-    def _train(self, name: str, seed: int, attempt: int, d: Path, make_config, train) -> None:
+    def _train(self, name: str, seed: int, attempt: int, d: Path) -> None:
+        from .train import make_config, train
+
         model, stage, init_from, finetune_from, init = self.runs[name]
         c = self.cfg
         over = {"data": str(self.data), "model": model, "width": c.width, "fc_width": c.fc_width, "crop": c.crop,
