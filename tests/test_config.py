@@ -133,6 +133,18 @@ def test_commands_run_from_a_config_file(tmp_path, capsys):
     assert vd.load(tmp_path / "a.safetensors").config.num_classes == 3
 
 
+def test_a_runs_own_config_json_is_a_config_file(tmp_path):
+    from verydeep.train import TrainConfig
+
+    record = {"data": "d", "lr": 0.02, "max_epochs": 35, "_provenance": {"commit": "abc", "torch": "2.13.0"}}
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    cfg = config.build(TrainConfig, {"max_epochs": 60}, tmp_path / "config.json")
+    assert (cfg.data, cfg.lr, cfg.max_epochs) == ("d", 0.02, 60)
+    (tmp_path / "bad.json").write_text(json.dumps({"data": "d", "provenance": {"commit": "abc"}}))
+    with pytest.raises(UserError, match="is a table"):
+        config.build(TrainConfig, {}, tmp_path / "bad.json")
+
+
 def test_lists_are_comma_separated_or_repeated():
     from verydeep.evaluate import EvalConfig
 

@@ -48,6 +48,18 @@ def test_build_is_deterministic_and_complete(tmp_path):
     assert digest(tmp_path / "c") != digest(tmp_path / "a")
 
 
+def test_a_larger_test_split_leaves_training_and_validation_images_as_they_were(tmp_path):
+    # the study renders more test images than it once did: the nets trained before stay valid only if the images
+    # they were trained and validated on are the same files
+    from dataclasses import replace
+
+    build(tmp_path / "a", SMALL, fake_arrays(), workers=1, progress=False)
+    build(tmp_path / "b", replace(SMALL, test_per_class=4), fake_arrays(), workers=1, progress=False)
+    for split in ("train", "val"):
+        assert digest(tmp_path / "a" / split) == digest(tmp_path / "b" / split)
+    assert len(list((tmp_path / "b" / "test").rglob("*.JPEG"))) == 40
+
+
 def test_boxes_are_tight_and_inside_the_canvas(tmp_path):
     build(tmp_path / "m", SMALL, fake_arrays(), workers=1, progress=False)
     for xml in (tmp_path / "m").rglob("*.xml"):
@@ -107,6 +119,30 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
     before = (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime
     R.Study(cfg).run()  # cached: nothing retrained
     assert (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime == before
+    # another test subset is evaluated anew (posteriors are cached per subset), the nets are not retrained
+    from dataclasses import replace
+
+    other = R.Study(replace(cfg, test_images=7))
+    assert other.eval_dir != study.eval_dir and not list(other.eval_dir.iterdir())
+    other.run()
+    assert len(list(other.eval_dir.glob("A-s0-dense-*.npz"))) == 2
+    assert (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime == before
+    # a run trained with another recipe is not reused under this one's name
+    from verydeep.errors import UserError
+
+    with pytest.raises(UserError, match=r"A-s0: trained with width=0.125 \(now 0.25\)"):
+        R.Study(replace(cfg, width=1 / 4)).run()
+    with pytest.raises(UserError, match=r"A-s0: trained with an epoch cap of 1 \(now 2\)"):  # it hit its cap of 1
+        R.Study(replace(cfg, max_epochs=2)).run()
+
+
+def test_a_study_refuses_its_data_folder_built_with_other_settings(tmp_path):
+    from verydeep import reproduce as R
+    from verydeep.errors import UserError
+
+    build(tmp_path / "data", SMALL, fake_arrays(), workers=1, progress=False)
+    with pytest.raises(UserError, match="built with other settings"):
+        R.Study(R.StudyConfig(out=str(tmp_path))).dataset()
 
 
 def test_a_net_that_never_left_chance_is_trained_again(tmp_path):

@@ -125,6 +125,9 @@ def read_file(path: str | Path) -> dict:
         raise UserError(f"{path}: cannot parse ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of config keys")
+    # keys starting with "_" are records, not options: a run's config.json (its `_provenance`) is a config file too,
+    # e.g. to train a run again with a raised epoch cap
+    data = {k: v for k, v in data.items() if not k.startswith("_")}
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:
         raise UserError(f"{path}: key {nested[0]!r} is a table; config keys are flat (e.g. lr = 0.01)")

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from . import paper
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .evaluate import PROTOCOLS
 
 
@@ -30,6 +30,7 @@ class StudyConfig:
     data: str | None = None         # a mini-ILSVRC folder (built in OUT/data when not given)
     quick: bool = False             # the demo: nets A and D, one seed, schedules cut to about 5 minutes
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # seeds: every run is repeated with each
+
     # Scaled down where the scale forces it (each scaling is written in the report):
     crop: int = 64                  # 224 -> 64: every S and Q scaled by 64/224
     width: float = 0.125            # conv channels x1/8 (the 2-core budget: ~2.5x the img/s of x1/4, same epochs)
@@ -56,7 +57,12 @@ class StudyConfig:
     restarts: int = 2
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"  # auto: the faster of fp32 and bf16 here, measured
     workers: int = 2
-    test_images: int = 1000
+    # The test split renders all 1,000 of Fashion-MNIST's test items per class; each table is computed on a seeded
+    # subset of test_images of them. At 1,000 images the test sample alone gave a paired comparison of two nets a
+    # standard error of 0.9-1.0 points per seed (0.6 for two protocols of one net): larger than the effects of depth,
+    # dense + multi-crop and fusion (0.1-1 point), and most of their spread over seeds (study of 2026-11-23).
+    test_per_class: int = 1000      # test images rendered per class (Fashion-MNIST has 1,000 test items per class)
+    test_images: int = 5000         # the seeded subset of them every table is measured on
     loc_epochs: int = 2
     transfer_per_class: int = 30
 
@@ -68,7 +74,8 @@ class StudyConfig:
     def presets(cls, given: dict) -> dict:
         if given.get("quick"):
             # 5 minutes on 2 cores: A's first 10 epochs (before its first decay), then D from it for 10
-            return {"out": "runs/quick", "seeds": [0], "max_epochs": 10, "init_epochs": 10, "test_images": 500}
+            return {"out": "runs/quick", "seeds": [0], "max_epochs": 10, "init_epochs": 10, "test_per_class": 100,
+                    "test_images": 500}
         return {"out": "runs/study"}
 
     def scale(self, s: int) -> int:
@@ -145,6 +152,12 @@ def single_protocols() -> list[str]:
     return [name for name, p in PROTOCOLS.items() if not p.parts]
 
 
+def records_of(run_dir: Path) -> list[dict]:
+    """A run's per-epoch records (its metrics.jsonl), oldest first; none for a run not started."""
+    f = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in f.read_text().splitlines() if '"epoch"' in line] if f.is_file() else []
+
+
 class Study:
     runs = RUNS
 
@@ -152,7 +165,10 @@ class Study:
         self.cfg = cfg
         self.out = Path(cfg.out or "runs/study")
         (self.out / "runs").mkdir(parents=True, exist_ok=True)
-        (self.out / "eval").mkdir(exist_ok=True)
+        # evaluations on the test subset are cached per its size; results that do not use it (the measured
+        # precision, transfer) stay in eval/ itself
+        self.eval_dir = self.out / "eval" / f"test{cfg.test_images}"
+        self.eval_dir.mkdir(parents=True, exist_ok=True)
         self.data = Path(cfg.data) if cfg.data else self.out / "data"
         self.results: dict = {}
         self.names = QUICK_RUNS if cfg.quick else list(self.runs)
@@ -165,10 +181,13 @@ class Study:
     def dataset(self) -> Path:
         from .mini import MiniConfig, build
 
+        if self.cfg.data and (self.data / "manifest.json").is_file():
+            return self.data  # the user's own mini-ILSVRC, as built
         if not (self.data / "manifest.json").is_file():
             self.log(f"building mini-ILSVRC in {self.data}")
-            build(self.data, MiniConfig(train_per_class=self.cfg.train_per_class, val_per_class=100),
-                  progress=not self.cfg.quick)
+        # builds it, or checks that the one there was built with these settings (one built with others is an error)
+        build(self.data, MiniConfig(train_per_class=self.cfg.train_per_class, val_per_class=100,
+                                    test_per_class=self.cfg.test_per_class), progress=not self.cfg.quick)
         return self.data
 
     @property
@@ -196,10 +215,9 @@ class Study:
 
     def at_chance(self, run: str) -> bool:
         """Whether a finished run never left chance level (its best validation error within 5 points of it)."""
-        f = self.out / "runs" / run / "metrics.jsonl"
-        if not (self.out / "runs" / run / "model.safetensors").is_file() or not f.is_file():
+        if not (self.out / "runs" / run / "model.safetensors").is_file():
             return False
-        errs = [json.loads(line)["val_top1_err"] for line in f.read_text().splitlines() if '"epoch"' in line]
+        errs = [r["val_top1_err"] for r in records_of(self.out / "runs" / run)]
         from .report import CHANCE_MARGIN  # the one definition of "did not learn", with the report's
 
         return bool(errs) and 100 * min(errs) >= 100 * (1 - 1 / 10) - CHANCE_MARGIN
@@ -213,6 +231,8 @@ class Study:
             weights = d / "model.safetensors"
             if not weights.is_file():
                 self._train(name, seed, attempt, d)
+            else:
+                self._check_cached(name, seed, attempt, d)
             if not self.at_chance(d.name):
                 break
             if attempt < self.restarts(name) and not (self.out / "runs" / self.run_id(name, seed, attempt + 1) /
@@ -221,12 +241,34 @@ class Study:
                          f"initialisation ({attempt + 1} of at most {self.restarts(name)})")
         return weights
 
-    def _train(self, name: str, seed: int, attempt: int, d: Path) -> None:
-        from .train import make_config, train
+    # the settings a cached run must have been trained with to stand in this study (paths and loader settings aside;
+    # a run's config.json does not record its epoch cap, which a resumed run may raise)
+    RECIPE_KEYS = ("model", "width", "fc_width", "crop", "dropout", "batch_size", "init", "stage", "patience",
+                   "max_decays", "precision", "seed", "lr")
 
+    def _check_cached(self, name: str, seed: int, attempt: int, d: Path) -> None:
+        """A finished run is reused only if it was trained as this study would train it: a changed setting (a raised
+        epoch cap, another width) is an error naming the run, not a table mixing two recipes."""
+        f = d / "config.json"
+        if not f.is_file():
+            return
+        was, now = json.loads(f.read_text()), self._settings(name, seed, attempt, d)
+        changed = [f"{k}={was[k]!r} (now {now[k]!r})" for k in self.RECIPE_KEYS
+                   if was.get(k) is not None and was[k] != now[k]]
+        # the epoch cap: a run that ended its schedule (or gave up at chance) stands under any cap it fits in; one
+        # that stopped at its cap stands only under that cap
+        recs = records_of(d)
+        cap, ended = now["max_epochs"], bool(recs) and recs[-1].get("schedule") in ("stop", "gave up")
+        if recs and (len(recs) > cap or (not ended and len(recs) != cap)):
+            changed.append(f"an epoch cap of {len(recs)} (now {cap})")
+        if changed:
+            raise UserError(f"{d}: trained with {', '.join(changed)}; this study would train it otherwise: use "
+                            f"another --out, or delete {d.name} and the runs started from it")
+
+    def _settings(self, name: str, seed: int, attempt: int, d: Path) -> dict:
         model, stage, init_from, finetune_from, init = self.runs[name]
         c = self.cfg
-        over = {"data": str(self.data), "model": model, "width": c.width, "fc_width": c.fc_width, "crop": c.crop,
+        return {"data": str(self.data), "model": model, "width": c.width, "fc_width": c.fc_width, "crop": c.crop,
                 "dropout": c.dropout, "batch_size": c.batch_size, "init": init, "stage": stage,
                 "patience": c.patience,
                 "max_decays": c.max_decays, "precision": self.precision, "workers": c.workers,
@@ -236,6 +278,13 @@ class Study:
                 "run_dir": str(d), "progress": sys.stderr.isatty(),
                 "max_epochs": c.finetune_epochs if finetune_from else c.init_epochs if init_from else c.max_epochs,
                 "lr": c.lr / 10 if finetune_from else c.lr, "resume": d.exists()}
+
+    def _train(self, name: str, seed: int, attempt: int, d: Path) -> None:
+        from .train import make_config, train
+
+        _, _, init_from, finetune_from, _ = self.runs[name]
+        c = self.cfg
+        over = self._settings(name, seed, attempt, d)
         if init_from:
             over["init_from"] = str(self.train(init_from, seed))
         if finetune_from:
@@ -249,10 +298,7 @@ class Study:
     def schedule(self, name: str, seed: int) -> dict:
         """How a run's training went, from its metrics: epochs, learning-rate decays, whether the schedule ended (3
         decays) or hit the epoch cap, best validation error and the seconds it took."""
-        def records(run: str) -> list:
-            f = self.out / "runs" / run / "metrics.jsonl"
-            return [json.loads(line) for line in f.read_text().splitlines() if '"epoch"' in line] if f.is_file() \
-                else []
+        records = lambda run: records_of(self.out / "runs" / run)  # noqa: E731
 
         run = self.run_id(name, seed)
         restarts = int(run.rsplit("-r", 1)[1]) if run != f"{name}-s{seed}" else 0
@@ -280,7 +326,7 @@ class Study:
         precision = precision or self.precision
         tag = "" if precision == self.precision else f"-{precision}"
         key = f"{self.run_id(name, seed)}-{'+'.join(protocols)}-{'_'.join(map(str, scales))}{tag}.npz"
-        path = self.out / "eval" / key
+        path = self.eval_dir / key
         if path.is_file():
             return Posteriors.load(path)
         weights = self.train(name, seed)
@@ -355,9 +401,10 @@ class Study:
         (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
         return cells
 
-    def cached(self, name: str, compute):
-        """A small JSON result cached in OUT/eval, so that a report is rebuilt without recomputing it."""
-        path = self.out / "eval" / f"{name}.json"
+    def cached(self, name: str, compute, on_test: bool = False):
+        """A small JSON result cached in OUT/eval (in the test subset's folder when it is measured on it), so that a
+        report is rebuilt without recomputing it."""
+        path = (self.eval_dir if on_test else self.out / "eval") / f"{name}.json"
         if path.is_file():
             return json.loads(path.read_text())
         value = compute()
@@ -398,7 +445,7 @@ class Study:
                                             cfg)
                 save(net, path)
             r = self.cached(f"loc-{mode}-{layers}-s{seed}", lambda: localize.centre_crop_error(
-                load(path), self.test_source(), self.cfg.scale(384), self.precision))
+                load(path), self.test_source(), self.cfg.scale(384), self.precision), on_test=True)
             add("t8", f"{mode}-{layers}", seed, 100 * r["error"])
 
     def transfer(self, seed: int, add) -> None:
