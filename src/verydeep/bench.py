@@ -68,6 +68,9 @@ class BenchConfig(RunOptions):
             raise ConfigError("--load must be 0 or more")
 
 
+HOG_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def _hog(stop) -> None:
     a = np.random.rand(600, 600)
     while not stop.is_set():
@@ -82,8 +85,18 @@ def cpu_load(n: int):
 
     stop = mp.get_context("spawn").Event()
     procs = [mp.get_context("spawn").Process(target=_hog, args=(stop,), daemon=True) for _ in range(n)]
-    for p in procs:
-        p.start()
+    # one core each: NumPy's BLAS would otherwise run every product on all the cores (measured: 1 hog at 121% CPU)
+    saved = {k: os.environ.get(k) for k in HOG_THREADS}
+    os.environ.update(HOG_THREADS)
+    try:
+        for p in procs:
+            p.start()  # a spawned child reads its BLAS thread count from the environment it starts with
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     try:
         yield
     finally:

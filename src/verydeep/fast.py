@@ -46,8 +46,9 @@ log = logging.getLogger("verydeep")
 # batch 8, beside the study's training (a one-off script, one process, medians of 5), fp32 ran at 4.34 img/s in two
 # streams against 1.64 across two threads, bf16 12.6 against 11.5; results are identical. On the quiet machine
 # (`verydeep bench --only gemm,inference,peers --batches 1,8`, its -streams rows) the same fp32 batch ran at 5.86
-# img/s in streams against 11.37 without (bf16 0.98x), so streams are off by default: set STREAMS = 2 on a shared
-# machine.
+# img/s in streams against 11.37 without (bf16 0.98x), so streams are off by default. Beside one single-core process
+# (`verydeep bench ... --load 1`) they helped bf16 (15.33 against 12.77 img/s at batch 8) and not fp32 (3.74 against
+# 4.41): no setting wins everywhere. On a shared host OMP_WAIT_POLICY=PASSIVE helps more (BENCHMARKS.md).
 STREAMS = 1
 _POOLS: dict = {}
 
@@ -313,14 +314,20 @@ class FastVGG:
         parts = y.chunk(k)
         ops = self._ops_for(parts[0].shape)  # packed here, not raced for by the streams
         pool = _stream_pool(k)
+        # the caller's count too: torch.set_num_threads also sets MKL's process-wide count, which the streams share
         torch.set_num_threads(threads // k)
         try:
-            return torch.cat([f.result() for f in [pool.submit(self._run, part, ops) for part in parts]])
+            return torch.cat([f.result() for f in [pool.submit(self._run, part, ops, threads // k)
+                                                   for part in parts]])
         finally:
             torch.set_num_threads(threads)
 
     @staticmethod
-    def _run(y: torch.Tensor, ops: list) -> torch.Tensor:
+    def _run(y: torch.Tensor, ops: list, threads: int | None = None) -> torch.Tensor:
+        if threads is not None:
+            # OpenMP's thread count is a per-thread setting: a stream's pool thread keeps the count it first ran
+            # with, whatever the caller has set since
+            torch.set_num_threads(threads)
         for op in ops:
             if isinstance(op, tuple):
                 w, b, p, attr = op
