@@ -82,21 +82,15 @@ def cpu_load(n: int):
     """`n` CPU-bound processes (NumPy matrix products) running until the block ends: the machine as a shared host or
     a CI runner leaves it."""
     import multiprocessing as mp
+    from unittest import mock
 
     stop = mp.get_context("spawn").Event()
     procs = [mp.get_context("spawn").Process(target=_hog, args=(stop,), daemon=True) for _ in range(n)]
-    # one core each: NumPy's BLAS would otherwise run every product on all the cores (measured: 1 hog at 121% CPU)
-    saved = {k: os.environ.get(k) for k in HOG_THREADS}
-    os.environ.update(HOG_THREADS)
-    try:
+    # one core each: NumPy's BLAS would otherwise run every product on all the cores (measured: 1 hog at 121% CPU);
+    # a spawned child reads its BLAS thread count from the environment it starts with, ours is restored after
+    with mock.patch.dict(os.environ, HOG_THREADS):
         for p in procs:
-            p.start()  # a spawned child reads its BLAS thread count from the environment it starts with
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            p.start()
     try:
         yield
     finally:
