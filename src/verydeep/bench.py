@@ -68,9 +68,6 @@ class BenchConfig(RunOptions):
             raise ConfigError("--load must be 0 or more")
 
 
-HOG_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
 def _hog(stop) -> None:
     a = np.random.rand(600, 600)
     while not stop.is_set():
@@ -82,15 +79,11 @@ def cpu_load(n: int):
     """`n` CPU-bound processes (NumPy matrix products) running until the block ends: the machine as a shared host or
     a CI runner leaves it."""
     import multiprocessing as mp
-    from unittest import mock
 
     stop = mp.get_context("spawn").Event()
     procs = [mp.get_context("spawn").Process(target=_hog, args=(stop,), daemon=True) for _ in range(n)]
-    # one core each: NumPy's BLAS would otherwise run every product on all the cores (measured: 1 hog at 121% CPU);
-    # a spawned child reads its BLAS thread count from the environment it starts with, ours is restored after
-    with mock.patch.dict(os.environ, HOG_THREADS):
-        for p in procs:
-            p.start()
+    for p in procs:
+        p.start()
     try:
         yield
     finally:
