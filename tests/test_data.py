@@ -446,3 +446,21 @@ def test_pack_decodes_every_image_and_counts_the_unusable(tmp_path, capsys):
     index = pack(ImageFolder(tmp_path / "data"), tmp_path / "shards", progress=False)
     assert index["skipped"] == sum(v == "skip" for v in expected.values())
     assert index["count"] == sum(v == "ok" for v in expected.values())
+
+
+def test_validation_kept_in_memory_is_read_once_and_serves_the_same_batches(folder):
+    from verydeep.data import CenterCropDataset, eval_loader
+
+    src = ImageFolder(folder)
+    reads = []
+    read = src.read
+    src.read = lambda i: reads.append(i) or read(i)
+    plain = [b for b in eval_loader(CenterCropDataset(src, 37, 32), 4, 0, rank=1, world=2)]
+    n = len(reads)
+    kept = eval_loader(CenterCropDataset(src, 37, 32), 4, 2, rank=1, world=2, in_memory=True)
+    assert len(reads) == 2 * n and kept.num_workers == 0  # read now, this rank's half only, in this process
+    for _ in range(2):  # every epoch after: from memory, the same crops, labels and order
+        got = list(kept)
+        assert len(got) == len(plain) and len(reads) == 2 * n
+        for a, b in zip(got, plain):
+            assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)

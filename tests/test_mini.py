@@ -124,8 +124,16 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
 
     other = R.Study(replace(cfg, test_images=7))
     assert other.eval_dir != study.eval_dir and not list(other.eval_dir.iterdir())
+    # with jobs > 1, the planned tasks (worker processes) compute every evaluation: none is left to this process
+    from verydeep import evaluate
+
+    def not_here(*a, **k):
+        raise AssertionError("an evaluation the plan missed")
+
+    monkeypatch.setattr(evaluate.Evaluator, "run", not_here)
     other.run()
-    assert len(list(other.eval_dir.glob("A-s0-dense-*.npz"))) == 2
+    assert len(list(other.eval_dir.glob("A-s0-dense-*.npz"))) == 1  # one pass per net: Tables 3 and 4 read it
+    assert (other.out / "logs" / "evaluate-D-0.log").is_file()
     assert (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime == before
     # a run trained with another recipe is not reused under this one's name
     from verydeep.errors import UserError
@@ -199,3 +207,38 @@ def test_verdict_needs_two_standard_errors_in_the_papers_direction():
     assert verdict(2.0, 0.5, 3, 0) == "not reproduced (it helps)"
     m, s, n = paired({0: (30.0, 5.0), 1: (28.0, 5.0), 2: (1.0, 0.0)}, {0: (29.0, 4.0), 1: (26.0, 4.0)})
     assert (m, n) == (1.5, 2) and abs(s - 0.7071) < 1e-3  # only seeds both sides ran
+
+
+def test_the_full_studys_plan_holds_every_evaluation_its_tables_read(tmp_path, monkeypatch):
+    """`run` after the plan's tasks must find everything cached: each (net, seed, precision) it evaluates, every
+    localisation row and transfer seed is a task, after the runs it needs (no training: the work is recorded)."""
+    from verydeep import reproduce as R
+    from verydeep.evaluate import Posteriors
+
+    cfg = R.StudyConfig(out=str(tmp_path), seeds=[0, 1], precision="bf16", jobs=1)
+    study = R.Study(cfg)
+    plan = study.plan()
+    asked = set()
+
+    def posteriors(self, name, seed, precision=None):
+        asked.add(("evaluate", name, seed) + ((precision,) if precision else ()))
+        protocols, scales = self.eval_path(name, seed, precision)[1:]
+        rng = np.random.default_rng(len(asked))
+        return Posteriors(np.arange(6) % 10, {(p, q): rng.dirichlet(np.ones(10), 6) for p in protocols
+                                               for q in scales}, np.ones(6, bool))
+
+    monkeypatch.setattr(R.Study, "dataset", lambda self: None)
+    monkeypatch.setattr(R.Study, "train", lambda self, name, seed: asked.add(("train", name, seed)))
+    monkeypatch.setattr(R.Study, "posteriors", posteriors)
+    monkeypatch.setattr(R.Study, "localise", lambda self, seed, m, l: asked.add(("localise", m, l, seed)) or 0.5)
+    monkeypatch.setattr(R.Study, "transfer", lambda self, seed, add: asked.add(("transfer", seed)))
+    study.run()
+    assert asked == set(plan)
+    for key, task in plan.items():  # each task comes after the runs it reads
+        if key[0] == "evaluate":
+            assert task.after == [("train", key[1], key[2])]
+    assert plan[("train", "Dj", 1)].after == [("train", "D384", 1)]
+    assert set(plan[("transfer", 0)].after) == {("train", "Dj", 0), ("train", "Ej", 0)}
+    # one evaluation per net and seed: the jittered nets' Table 3 and 4 scales are Table 5's Q3, scaled from 224
+    assert study.single_q("Dj") == [110] and study.multi_q("Dj") == R.paper.multi_scales(64) == [73, 110, 146]
+    assert study.evaluation("D") == (["dense"], [64, 73, 82])

@@ -169,8 +169,16 @@ class Posteriors:
         return np.mean([np.mean([self.probs[(p, q)] for q in scales], 0) for p in parts(protocol)], 0)
 
     def save(self, path: Path) -> None:
+        """Written atomically: a killed study never leaves a half-written cache entry that looks finished."""
+        from .utils import atomic_write
+
         arrays = {f"{p}@{q}": v for (p, q), v in self.probs.items()}
-        np.savez_compressed(path, labels=self.labels, valid=self.valid, paths=np.asarray(self.paths), **arrays)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary name
+                np.savez_compressed(f, labels=self.labels, valid=self.valid, paths=np.asarray(self.paths), **arrays)
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path: Path) -> "Posteriors":

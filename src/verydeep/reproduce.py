@@ -4,7 +4,9 @@ Geometry scaled by crop / 224 (crop 64: S = 256 -> 73, 384 -> 110, [256, 512] ->
 width multiplier; every ratio the paper varies kept: depth A..E, LRN, 1x1 vs 3x3, shallow 5x5, fixed vs jittered S,
 single vs multiple test scales, dense vs multi-crop, fusion, SCR vs PCR localisation, transfer of very deep features.
 Every run is cached in OUT/runs (a killed study continues where it stopped: finished runs are skipped, an
-interrupted run resumes from its last checkpoint); evaluations are cached as posteriors in OUT/eval."""
+interrupted run resumes from its last checkpoint); evaluations are cached as posteriors in OUT/eval. With --jobs N (2
+by default) the runs and evaluations are tasks run N at a time in worker processes (jobs.py), each task's output in
+OUT/logs; the tables are then read from the cache."""
 from __future__ import annotations
 
 import json
@@ -20,6 +22,7 @@ import numpy as np
 from . import paper
 from .errors import ConfigError, UserError
 from .evaluate import PROTOCOLS
+from .utils import atomic_write
 
 
 log = logging.getLogger("verydeep")
@@ -57,6 +60,9 @@ class StudyConfig:
     restarts: int = 2
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"  # auto: the faster of fp32 and bf16 here, measured
     workers: int = 2
+    # At 1/8 width the nets' operations are too small to keep two threads of one process busy, and one OpenMP
+    # thread per process has no barrier to wait at (benchmarks/study_jobs.py). The demo's work is one chain: 1.
+    jobs: int = 2                   # runs and evaluations side by side, cores / jobs threads each (a lone one: all)
     # The test split renders all 1,000 of Fashion-MNIST's test items per class; each table is computed on a seeded
     # subset of test_images of them. At 1,000 images the test sample alone gave a paired comparison of two nets a
     # standard error of 0.9-1.0 points per seed (0.6 for two protocols of one net): larger than the effects of depth,
@@ -75,7 +81,7 @@ class StudyConfig:
         if given.get("quick"):
             # 5 minutes on 2 cores: A's first 10 epochs (before its first decay), then D from it for 10
             return {"out": "runs/quick", "seeds": [0], "max_epochs": 10, "init_epochs": 10, "test_per_class": 100,
-                    "test_images": 500}
+                    "test_images": 500, "jobs": 1}
         return {"out": "runs/study"}
 
     def scale(self, s: int) -> int:
@@ -319,23 +325,30 @@ class Study:
         src = open_source(self.data, split="test")
         return Subset(src, np.random.default_rng(0).permutation(len(src))[:self.cfg.test_images], "test subset")
 
-    def posteriors(self, name: str, seed: int, protocols: list[str], scales: list[int], precision: str | None = None):
+    def posteriors(self, name: str, seed: int, precision: str | None = None):
+        """A net's evaluation (`evaluation`), cached; in another precision than the study's (the agreement check,
+        first seed): dense at its one Table 3 scale only."""
         from .evaluate import Evaluator, Posteriors
         from .weights import load
 
-        precision = precision or self.precision
-        tag = "" if precision == self.precision else f"-{precision}"
-        key = f"{self.run_id(name, seed)}-{'+'.join(protocols)}-{'_'.join(map(str, scales))}{tag}.npz"
-        path = self.eval_dir / key
+        path, protocols, scales = self.eval_path(name, seed, precision)
         if path.is_file():
             return Posteriors.load(path)
         weights = self.train(name, seed)
-        self.log(f"evaluate {name} (seed {seed}): {', '.join(protocols)} at Q = {scales}{tag}")
+        precision = precision or self.precision
+        self.log(f"evaluate {name} (seed {seed}): {', '.join(protocols)} at Q = {scales}, {precision}")
         ev = Evaluator(load(weights), batch_size=64, workers=self.cfg.workers,
                        precision=precision, progress=sys.stderr.isatty())
         post = ev.run(self.test_source(), protocols, scales)
         post.save(path)
         return post
+
+    def eval_path(self, name: str, seed: int, precision: str | None = None) -> tuple[Path, list[str], list[int]]:
+        """Where a net's evaluation is cached, and what it computes (the protocols, the scales)."""
+        tag = "" if precision in (None, self.precision) else f"-{precision}"
+        protocols, scales = self.evaluation(name) if not tag else (["dense"], self.single_q(name))
+        key = f"{self.run_id(name, seed)}-{'+'.join(protocols)}-{'_'.join(map(str, scales))}{tag}.npz"
+        return self.eval_dir / key, protocols, scales
 
     def err(self, post, protocol: str, scales: list[int]) -> tuple[float, float]:
         from .evaluate import topk_error
@@ -348,10 +361,26 @@ class Study:
         return paper.stage_scale(self.runs[name][1], self.cfg.crop)
 
     def single_q(self, name: str) -> list[int]:
-        return paper.test_scales(self.train_scale(name), self.cfg.crop, False)
+        return self._test_q(name, False)
 
     def multi_q(self, name: str) -> list[int]:
-        return paper.test_scales(self.train_scale(name), self.cfg.crop, True)
+        return self._test_q(name, True)
+
+    def _test_q(self, name: str, multi: bool) -> list[int]:
+        # section 5's scales at 224, then scaled: a jittered net's Q = 384 is 110 here, as in Tables 5 and 6 (the
+        # midpoint of the scaled [73, 146] would be 109, and a second evaluation of the same net)
+        return [self.cfg.scale(q) for q in paper.test_scales(paper.stage_scale(self.runs[name][1]), multi=multi)]
+
+    def evaluation(self, name: str) -> tuple[list[str], list[int]]:
+        """The one evaluation pass of a net per seed that every table reads (Posteriors keep each protocol at each
+        scale): dense at its Table 3 and 4 scales; every single protocol for the nets of Tables 5 and 6, at Q3 (the
+        quick run's D: at its own three scales)."""
+        if self.cfg.quick:
+            t5 = {"D": self.multi_q("D")}
+        else:
+            t5 = {n: paper.multi_scales(self.cfg.crop) for n in ("Cj", "Dj", "Ej")}  # Tables 5 (Dj, Ej) and 6
+        scales = sorted({*self.single_q(name), *self.multi_q(name), *t5.get(name, [])})
+        return (single_protocols() if name in t5 else ["dense"]), scales
 
     # ------------------------------------------------------------------------------------------ the study
     def run(self) -> dict:
@@ -364,17 +393,24 @@ class Study:
             cells.setdefault(table, {}).setdefault(key, {})[seed] = value
 
         q3 = paper.multi_scales(cfg.crop)
+        if cfg.jobs > 1:  # everything below computed ahead, side by side; then read from the cache
+            from functools import partial
+
+            from .jobs import run_tasks
+
+            self.precision  # measured once, here (the dataset is built above), before the tasks that read it start
+            run_tasks(self.plan(), partial(study_task, cfg), cfg.jobs, self.out / "logs", self.log)
         for seed in cfg.seeds:
             for name in names:
                 self.train(name, seed)
             for name in names:  # Table 3: dense at one scale; Table 4: dense at the paper's three scales
-                single, multi = self.single_q(name), self.multi_q(name)
-                add("t3", name, seed, self.err(self.posteriors(name, seed, ["dense"], single), "dense", single))
-                add("t4", name, seed, self.err(self.posteriors(name, seed, ["dense"], multi), "dense", multi))
+                post = self.posteriors(name, seed)
+                add("t3", name, seed, self.err(post, "dense", self.single_q(name)))
+                add("t4", name, seed, self.err(post, "dense", self.multi_q(name)))
             t5_nets = ["D"] if cfg.quick else ["Dj", "Ej"]
             for name in t5_nets:  # Table 5: the protocols at the net's three test scales (jittered: Q = {256, 384, 512})
                 qs = self.multi_q(name) if cfg.quick else q3
-                post = self.posteriors(name, seed, single_protocols(), qs)
+                post = self.posteriors(name, seed)
                 for p in PROTOCOLS:
                     add("t5", (name, p), seed, self.err(post, p, qs))
                 if cfg.quick:  # the quick run also shows one scale against three for each protocol
@@ -389,9 +425,9 @@ class Study:
             seed = cfg.seeds[0]
             for name in names:
                 single = self.single_q(name)
-                a = self.posteriors(name, seed, ["dense"], single)
-                b = self.posteriors(name, seed, ["dense"], single, "fp32")
-                pa, pb = a.combine("dense", single)[a.valid], b.combine("dense", single)[a.valid]
+                a = self.posteriors(name, seed)
+                b = self.posteriors(name, seed, "fp32")
+                pa, pb = a.combine("dense", single)[b.valid], b.combine("dense", single)[b.valid]
                 add("agreement", name, seed, (100 * float((pa.argmax(1) == pb.argmax(1)).mean()),
                                               float(np.abs(pa - pb).max())))
         from .provenance import provenance
@@ -408,7 +444,7 @@ class Study:
         if path.is_file():
             return json.loads(path.read_text())
         value = compute()
-        path.write_text(json.dumps(value))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value)))
         return value
 
     def fusion(self, seed: int, q3: list[int], add) -> None:
@@ -416,7 +452,7 @@ class Study:
         net beside them (choosing both by the test error favours the single net, not the fusion)."""
         from .evaluate import topk_error
 
-        posts = {n: self.posteriors(n, seed, single_protocols(), q3) for n in ("Cj", "Dj", "Ej")}
+        posts = {n: self.posteriors(n, seed) for n in ("Cj", "Dj", "Ej")}
         errs = {n: self.err(post, "dense+multicrop", q3) for n, post in posts.items()}
         best = sorted(errs, key=lambda n: errs[n][0])[:2]
         add("t6", "best", seed, errs[best[0]])
@@ -426,29 +462,67 @@ class Study:
             add("t6", p, seed, (100 * topk_error(probs[v], y[v], 1), 100 * topk_error(probs[v], y[v], 5)))
         add("t6", "pair", seed, "+".join(best))
 
+    LOCALISATION = (("scr", "fc"), ("pcr", "fc"), ("pcr", "all"))
+
     def localisation(self, seed: int, add) -> None:
         """Table 8: SCR vs PCR, fc6-fc7 vs all layers, from the S = 384 net D; centre crop, ground-truth class."""
+        for mode, layers in self.LOCALISATION:
+            add("t8", f"{mode}-{layers}", seed, 100 * self.localise(seed, mode, layers))
+
+    def localise(self, seed: int, mode: str, layers: str) -> float:
+        """One row of Table 8 (trained and measured once, cached): its centre-crop localisation error."""
         from . import localize
         from .data import open_source
         from .weights import load, save
 
-        for mode, layers in (("scr", "fc"), ("pcr", "fc"), ("pcr", "all")):
-            path = self.out / "runs" / f"loc-{mode}-{layers}-s{seed}.safetensors"
-            if not path.is_file():
-                self.log(f"localisation {mode.upper()} {layers} (seed {seed})")
-                cfg = localize.LocTrainConfig(mode=mode, layers=layers, train_scale=[self.cfg.scale(384)],
-                                              lr=paper.FINETUNE_LR * (self.cfg.lr / paper.LR),
-                                              epochs=self.cfg.loc_epochs, batch_size=self.cfg.batch_size,
-                                              workers=self.cfg.workers, seed=seed, progress=sys.stderr.isatty(),
-                                              precision=self.precision, device="cpu")
-                net, _ = localize.fine_tune(load(self.train("D384", seed)), open_source(self.data, split="train"),
-                                            cfg)
-                save(net, path)
-            r = self.cached(f"loc-{mode}-{layers}-s{seed}", lambda: localize.centre_crop_error(
-                load(path), self.test_source(), self.cfg.scale(384), self.precision), on_test=True)
-            add("t8", f"{mode}-{layers}", seed, 100 * r["error"])
+        path = self.out / "runs" / f"loc-{mode}-{layers}-s{seed}.safetensors"
+        if not path.is_file():
+            self.log(f"localisation {mode.upper()} {layers} (seed {seed})")
+            cfg = localize.LocTrainConfig(mode=mode, layers=layers, train_scale=[self.cfg.scale(384)],
+                                          lr=paper.FINETUNE_LR * (self.cfg.lr / paper.LR),
+                                          epochs=self.cfg.loc_epochs, batch_size=self.cfg.batch_size,
+                                          workers=self.cfg.workers, seed=seed, progress=sys.stderr.isatty(),
+                                          precision=self.precision, device="cpu")
+            net, _ = localize.fine_tune(load(self.train("D384", seed)), open_source(self.data, split="train"), cfg)
+            save(net, path)
+        return self.cached(f"loc-{mode}-{layers}-s{seed}", lambda: localize.centre_crop_error(
+            load(path), self.test_source(), self.cfg.scale(384), self.precision), on_test=True)["error"]
 
-    def transfer(self, seed: int, add) -> None:
+    def plan(self) -> dict:
+        """Every training and evaluation `run` needs that is not cached yet, as tasks for jobs.run_tasks: key ->
+        (method, args, keys of the tasks it needs first). `run` reads them from the cache after; what the plan
+        missed, it computes itself (test_mini.py checks that it misses nothing)."""
+        from .jobs import Task
+
+        tasks: dict = {}
+
+        def add(key, task, done: Path):
+            if not done.is_file():
+                tasks[key] = task
+
+        for seed in self.cfg.seeds:
+            for name in self.names:
+                _, _, init_from, finetune_from, _ = self.runs[name]
+                after = [("train", n, seed) for n in (init_from, finetune_from) if n]
+                add(("train", name, seed), Task("train", (name, seed), after), self.run_dir(name, seed) /
+                    "model.safetensors")
+                add(("evaluate", name, seed), Task("posteriors", (name, seed), [("train", name, seed)]),
+                    self.eval_path(name, seed)[0])
+            if not self.cfg.quick:
+                for mode, layers in self.LOCALISATION:
+                    add(("localise", mode, layers, seed), Task("localise", (seed, mode, layers),
+                                                               [("train", "D384", seed)]),
+                        self.eval_dir / f"loc-{mode}-{layers}-s{seed}.json")
+                add(("transfer", seed), Task("transfer", (seed,), [("train", n, seed) for n in ("Dj", "Ej")]),
+                    self.out / "eval" / f"transfer-s{seed}.json")
+        if self.precision != "fp32":
+            seed = self.cfg.seeds[0]
+            for name in self.names:
+                add(("evaluate", name, seed, "fp32"), Task("posteriors", (name, seed, "fp32"), [("train", name, seed)]),
+                    self.eval_path(name, seed, "fp32")[0])
+        return tasks
+
+    def transfer(self, seed: int, add=lambda *a: None) -> None:
         """Section 7: relu7 features of the jittered D and E on scikit-learn's handwritten digits (real images a
         package ships), upscaled; linear SVM; mean class recall over 3 random splits."""
         from PIL import Image
@@ -478,7 +552,13 @@ class Study:
             r = multiclass(x, labels, self.cfg.transfer_per_class, 3, seed)
             found[key] = 100 * r["mean_class_recall"]
             add("transfer", key, seed, found[key])
-        done.write_text(json.dumps(found))
+        atomic_write(done, lambda tmp: Path(tmp).write_text(json.dumps(found)))
+
+
+def study_task(cfg: StudyConfig, task) -> None:
+    """One task of Study.plan, in a worker process of jobs.run_tasks."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    getattr(Study(cfg), task.method)(*task.args)
 
 
 def run(cfg: StudyConfig) -> dict:

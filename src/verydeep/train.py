@@ -291,8 +291,10 @@ class Trainer:
                                                cfg.max_skip_fraction, cache=cfg.cache), d.rank, d.world,
                                   self.steps_per_epoch * self.rank_batch, progress=cfg.progress and d.main)
         self.val_q = (cfg.scale_min + cfg.scale_max) // 2  # Table 3's rule: Q = S, or 0.5 (Smin + Smax)
+        # the validation crops kept in memory when the training images are (they fit, and they never change)
+        keep = self.loader.cache is not None and len(val_src) * 3 * cfg.crop ** 2 <= LoaderConfig.cache_bytes
         self.val_loader = eval_loader(CenterCropDataset(val_src, self.val_q, cfg.crop),
-                                      cfg.eval_batch or self.micro, cfg.workers, d.rank, d.world)
+                                      cfg.eval_batch or self.micro, cfg.workers, d.rank, d.world, in_memory=keep)
         self.val_skips = SkipTracker(cfg.max_skip_fraction)
         self.n_train, self.n_val = len(train_src), len(val_src)
 

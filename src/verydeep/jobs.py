@@ -1,0 +1,101 @@
+"""Tasks with dependencies, run side by side in worker processes (`verydeep reproduce --jobs N`).
+
+Why processes with one thread each rather than one process with all the threads: the miniature study's nets are
+1/8 wide, and their operations are too small to keep two OpenMP threads of one process busy (each ends at a barrier
+where one thread waits for the other); two independent runs at one thread each share nothing and wait for nothing
+(benchmarks/study_jobs.py measures both ways). A task that is the only one that can run takes every core, and no other
+starts beside it until it ends: two processes spinning at OpenMP barriers on the same cores slow each other by an
+order of magnitude (BENCHMARKS.md)."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass
+class Task:
+    method: str                                 # what to call (the caller's `call` maps it to code)
+    args: tuple
+    after: list = field(default_factory=list)   # keys of the tasks that must end first (absent keys: already done)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def describe(key) -> str:
+    """("train", "D", 0) -> "train D (seed 0)"; keys end with the seed unless a precision follows it."""
+    *what, last = key
+    if isinstance(last, str) and len(what) >= 2 and isinstance(what[-1], int):  # ("evaluate", "D", 0, "fp32")
+        return f"{' '.join(map(str, what[:-1]))} {last} (seed {what[-1]})"
+    return f"{' '.join(map(str, what))} (seed {last})"
+
+
+def log_name(key) -> str:
+    return "-".join(map(str, key)) + ".log"
+
+
+def _work(call: Callable, task: Task, threads: int, logfile: str) -> float:
+    """In a worker process: the task with `threads` threads, its output appended to its own log file."""
+    import torch
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    with open(logfile, "a", buffering=1) as f, redirect_stdout(f), redirect_stderr(f):
+        call(task)
+    return time.perf_counter() - t0
+
+
+def run_tasks(tasks: dict, call: Callable[[Task], object], jobs: int, logs: Path,
+              say: Callable[[str], None] = print) -> None:
+    """Run every task after the tasks it names, at most `jobs` at a time, each with cores() // jobs threads (a task
+    that can only run alone: all of them). `call` must be picklable (a module-level function or a partial of one).
+    The first task that fails stops the rest and raises its error; what finished stays finished."""
+    logs.mkdir(parents=True, exist_ok=True)
+    n, total = cores(), len(tasks)
+    # the ready task with the longest chain of tasks waiting on it goes first (a study's critical path: A, then D,
+    # D at S = 384, jittered D, then their evaluations), then the order given
+    height: dict = {}
+
+    def chain(key) -> int:
+        if key not in height:
+            height[key] = 0  # tasks that wait for each other: no endless recursion (the loop below says so)
+            height[key] = 1 + max((chain(k) for k, t in tasks.items() if key in t.after), default=0)
+        return height[key]
+
+    pending, running, done = dict(tasks), {}, 0
+    pool = ProcessPoolExecutor(max(1, min(jobs, total)), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        while pending or running:
+            waiting = set(pending) | {k for k, _ in running.values()}
+            ready = sorted((k for k, t in pending.items() if not waiting.intersection(t.after)),
+                           key=lambda k: -chain(k))
+            if not ready and not running:
+                raise ValueError(f"tasks wait for each other: {', '.join(map(describe, pending))}")
+            busy = sum(th for _, th in running.values()) if running else 0
+            while ready and len(running) < jobs and busy < n:
+                key = ready.pop(0)
+                threads = n if not running and not ready else min(max(1, n // jobs), n - busy)
+                task = pending.pop(key)
+                f = pool.submit(_work, call, task, threads, str(logs / log_name(key)))
+                running[f] = (key, threads)
+                busy += threads
+                say(f"start {describe(key)} ({threads} thread{'s' * (threads > 1)}; log {logs / log_name(key)})")
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for f in finished:
+                key, _ = running.pop(f)
+                seconds = f.result()  # a failed task raises here
+                done += 1
+                say(f"done {describe(key)} in {seconds:.0f} s ({done} of {total} tasks)")
+    except BaseException:
+        for p in list(getattr(pool, "_processes", {}).values()):  # a failed study stops now, not after the others
+            p.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()

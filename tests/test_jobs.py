@@ -1,0 +1,55 @@
+import json
+import time
+from functools import partial
+
+import pytest
+
+from verydeep.jobs import Task, cores, describe, run_tasks
+
+
+def record(folder, task):
+    """A task: write when it started and ended, and the thread count it was given."""
+    import torch
+
+    name = task.args[0]
+    if name == "bad":
+        raise ValueError("the task failed")
+    t0 = time.time()
+    time.sleep(0.2)
+    (folder / f"{name}.json").write_text(json.dumps({"start": t0, "end": time.time(),
+                                                     "threads": torch.get_num_threads()}))
+
+
+def test_tasks_run_after_what_they_need_with_the_cores_shared(tmp_path):
+    tasks = {("a", 0): Task("x", ("a",)), ("b", 0): Task("x", ("b",), [("a", 0)]),
+             ("c", 0): Task("x", ("c",), [("a", 0), ("done-before", 0)]),
+             ("d", 0): Task("x", ("d",), [("b", 0), ("c", 0)])}
+    said = []
+    run_tasks(tasks, partial(record, tmp_path), 2, tmp_path / "logs", said.append)
+    r = {k: json.loads((tmp_path / f"{k}.json").read_text()) for k in "abcd"}
+    assert r["b"]["start"] >= r["a"]["end"] and r["c"]["start"] >= r["a"]["end"]
+    assert r["d"]["start"] >= max(r["b"]["end"], r["c"]["end"])
+    # a task that can only run alone takes every core; two side by side share them
+    assert r["a"]["threads"] == r["d"]["threads"] == cores()
+    assert r["b"]["threads"] == r["c"]["threads"] == max(1, cores() // 2)
+    assert sum(s.startswith("done") for s in said) == 4 and "done d (seed 0)" in said[-1]
+    assert (tmp_path / "logs" / "b-0.log").is_file()
+
+
+def test_a_failed_task_stops_the_tasks_after_it(tmp_path):
+    tasks = {("bad", 0): Task("x", ("bad",)), ("after", 0): Task("x", ("after",), [("bad", 0)])}
+    with pytest.raises(ValueError, match="the task failed"):
+        run_tasks(tasks, partial(record, tmp_path), 2, tmp_path / "logs", lambda s: None)
+    assert not (tmp_path / "after.json").exists()
+
+
+def test_tasks_that_wait_for_each_other_are_an_error(tmp_path):
+    tasks = {("a", 0): Task("x", ("a",), [("b", 0)]), ("b", 0): Task("x", ("b",), [("a", 0)])}
+    with pytest.raises(ValueError, match="wait for each other"):
+        run_tasks(tasks, partial(record, tmp_path), 2, tmp_path / "logs", lambda s: None)
+
+
+def test_describe():
+    assert describe(("train", "D", 0)) == "train D (seed 0)"
+    assert describe(("evaluate", "A-LRN", 2, "fp32")) == "evaluate A-LRN fp32 (seed 2)"
+    assert describe(("localise", "pcr", "all", 1)) == "localise pcr all (seed 1)"
