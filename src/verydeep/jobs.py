@@ -9,7 +9,6 @@ order of magnitude (BENCHMARKS.md)."""
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import redirect_stderr, redirect_stdout
@@ -17,16 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .utils import cores
+
 
 @dataclass
 class Task:
     method: str                                 # what to call (the caller's `call` maps it to code)
     args: tuple
     after: list = field(default_factory=list)   # keys of the tasks that must end first (absent keys: already done)
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def describe(key) -> str:

@@ -31,6 +31,11 @@ def write_error(path: str | os.PathLike, e: OSError) -> UserError:
     return UserError(f"{path}: cannot write: {e.strerror or e}")
 
 
+def cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call write(tmp_path) then fsync and rename onto path: a reader never sees a half-written file. The file gets
     the umask's mode; a failed write (disk full, ...) removes its temporary file and raises one line naming path."""

@@ -8,7 +8,6 @@ end of the epoch; the run fails only when the skipped fraction passes a limit (1
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
@@ -19,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_wor
 
 from ..errors import UserError
 from ..transforms import BadImage, TrainTransform, as_rgb, center_crop_resized
-from ..utils import die_with_parent
+from ..utils import cores, die_with_parent
 from .sources import Source
 
 log = logging.getLogger("verydeep.data")
@@ -294,8 +293,7 @@ class CenterCropDataset(Dataset):
 def usable_workers(workers: int) -> int:
     """No more loader processes than the cores this process may run on: more only fight the compute threads
     (and PyTorch warns about them)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(workers, cores))
+    return max(0, min(workers, cores()))
 
 
 class InMemory(Dataset):
