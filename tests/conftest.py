@@ -1,6 +1,8 @@
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+# the thread count of inference follows the machine's load (share.py): never in tests, whose results must not
+os.environ["VERYDEEP_SHARE"] = "off"
 
 import pytest
 import torch

@@ -8,6 +8,7 @@ import verydeep as vd
 from verydeep import fast
 from verydeep.errors import UserError
 from verydeep.fast import Conv, FastVGG, Winograd
+from verydeep.int8 import MaxPool
 from verydeep.precision import Precision, native_bf16
 
 
@@ -50,7 +51,7 @@ def test_fp32_equals_reference_on_crops_and_maps(name, winograd_from, monkeypatc
     m = small(name)
     if winograd_from:
         monkeypatch.setattr(fast, "WINOGRAD_MIN_CHANNELS", winograd_from)
-    net = FastVGG(m, "fp32")
+    net = FastVGG(m, "fp32", winograd=True)
     n_conv3 = sum(1 for x in m.features if isinstance(x, torch.nn.Conv2d) and x.kernel_size == (3, 3))
     assert net.kernels().count("winograd") == (n_conv3 if winograd_from else 0)
     x, big = torch.randn(3, 3, 32, 32), torch.randn(2, 3, 45, 61)  # odd sizes: pooling floors, maps 2x1
@@ -60,6 +61,27 @@ def test_fp32_equals_reference_on_crops_and_maps(name, winograd_from, monkeypatc
     out = net.score_map(big)
     assert out.shape == ref_map.shape and out.dtype == torch.float32
     assert rel(out, ref_map) < 1e-4
+
+
+def test_winograd_or_direct_timed_once_per_size_class(monkeypatch):
+    # winograd="auto": every eligible layer runs whichever kernel it timed faster on the first input of a size class
+    # (pixels to a power of two), remembered; the results are the convolution's either way
+    monkeypatch.setattr(fast, "WINOGRAD_MIN_CHANNELS", 1)
+    m = small("A")
+    net = FastVGG(m, "fp32")
+    picks = [op for op in net._ops if isinstance(op, fast.Pick)]
+    assert len(picks) == net.kernels().count("winograd|onednn") == 8
+    x, big = torch.randn(3, 3, 32, 32), torch.randn(2, 3, 45, 61)
+    with torch.inference_mode():
+        ref, ref_map = m(x), m.score_map(big)
+    assert rel(net(x), ref) < 1e-4 and rel(net.score_map(big), ref_map) < 1e-4
+    verdicts = [dict(p.chosen) for p in picks]
+    assert all(set(v.values()) <= {"winograd", "onednn"} for v in verdicts)
+    assert all(len(v) == 2 for v in verdicts[:6])  # crops and maps: two size classes until the maps meet at 2x2
+    timed = []
+    monkeypatch.setattr(fast.time, "perf_counter", lambda: timed.append(1) or 0.0)
+    assert rel(net(x[:2]), ref[:2]) < 1e-4  # 2 crops: the same size class as 3 at the first layers
+    assert [dict(p.chosen) for p in picks] == verdicts and not timed  # nothing timed again
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -94,9 +116,9 @@ def test_streams_compute_what_one_stream_does(precision, monkeypatch):
     assert rel(two, one) < tol and rel(two_map, one_map) < tol and rel(odd, one[:3]) < tol
 
 
-@pytest.mark.parametrize("precision, tol", [("bf16", 5e-2), ("int8", 0.15)])
-def test_reduced_precisions_stay_close(precision, tol):
-    m = small("D")
+@pytest.mark.parametrize("precision, tol, name", [("bf16", 5e-2, "D"), ("int8", 0.15, "D"), ("int8", 0.15, "A-LRN")])
+def test_reduced_precisions_stay_close(precision, tol, name):
+    m = small(name)  # A-LRN: int8 computes the LRN in float between a dequantisation and a quantisation
     x = torch.randn(16, 3, 32, 32)
     big = torch.randn(1, 3, 40, 72)
     net = FastVGG(m, precision)
@@ -120,6 +142,30 @@ def test_int8_calibrates_once_and_is_deterministic():
     b = net(x[:2])
     assert torch.equal(a, b)
     assert net.calibrated
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
+@pytest.mark.parametrize("shape", [(2, 5, 9, 7), (1, 3, 2, 2), (3, 8, 16, 12)])
+def test_max_pool_equals_torch(dtype, shape):
+    x = (torch.randn(shape) * 60 + 100).clamp(0, 255).to(dtype)
+    for x in (x, x.contiguous(memory_format=torch.channels_last)):  # any layout in, channels-last out
+        out = MaxPool(2)(x)
+        assert torch.equal(out, F.max_pool2d(x.float(), 2).to(dtype))  # odd sizes floor
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_int8_ends_in_float():
+    # the chain stopped before ReLU (negative features) or after a pool: float outputs close to fp32's
+    m = small("B")
+    big = torch.randn(2, 3, 48, 40)
+    for layer in ("conv5_2", "pool5"):
+        net = FastVGG(m, "int8", upto=layer)
+        net.calibrate(big)
+        with torch.inference_mode():
+            ref = m.extract(big, [layer], dense=True)[layer]
+        out = net.score_map(big)
+        assert out.dtype == torch.float32 and out.shape == ref.shape and rel(out, ref) < 0.1
+    assert (out >= 0).all() and (FastVGG(m, "int8", upto="conv5_2").score_map(big) < 0).any()
 
 
 @pytest.mark.parametrize("layer", ["conv5_2", "relu5_2", "pool5", "fc6", "relu7", "drop7"])

@@ -6,17 +6,16 @@ is fast here is fast, and correct, for dense evaluation of any size.
 Precisions:
 - fp32 and bf16 on CPU: oneDNN convolutions with the ReLU fused in (VGG's ReLU passes are pure memory traffic:
   ~10% of an fp32 forward, ~20% of a bf16 one, measured layer by layer), weights pre-packed (bf16: for each input
-  size, as the AMX kernels want), batch-norm folded into the convolutions, activations channels-last. In fp32 the
-  3x3 convolutions with at least WINOGRAD_MIN_CHANNELS inputs use Winograd's F(4x4, 3x3) instead (`Winograd`):
-  4x fewer multiplies, fp32 throughout, results within ~1e-5 of direct convolution.
+  size, as the AMX kernels want; fp32: for no size, but fc6 on crops), batch-norm folded into the convolutions,
+  activations channels-last. In fp32 each 3x3 convolution with at least WINOGRAD_MIN_CHANNELS inputs runs by
+  Winograd's F(4x4, 3x3) (`Winograd`: 4x fewer multiplies, fp32 throughout, within ~1e-5 of direct convolution)
+  where that times faster on this machine, else directly (`Pick`).
 - bf16 elsewhere (CUDA): the same chain as eager modules with bf16 weights, channels-last; `compile=True` hands it
   to torch.compile (one graph per input size: worth it for a long evaluation at few sizes, not for one image).
-- int8 on CPU: PyTorch's x86 post-training quantisation (FX graph mode, per-channel symmetric weights, per-tensor
-  activations, their ranges the min/max over the calibration images: on the study's nets PyTorch's histogram
-  observer, which clips outliers to minimise the squared error, agreed as often but moved a few posteriors by up to
-  0.81 where min/max moved them by 0.22), conv1_1 and fc8 kept in fp32: on a trained D, quantising fc8 alone cost
-  2.3 points of top-1 agreement, any other single layer 0.3-1.0. `evaluate.Evaluator` calibrates on a sample of real
-  images and recomputes near-ties in fp32, which brings int8 to bf16's agreement (evaluate.py, RECHECK_MARGIN).
+- int8 on CPU: every convolution in 8 bits on oneDNN's quantised kernels, uint8 activations from the first layer to
+  the last, float32 out (int8.py: per-channel symmetric weights, per-tensor activation ranges from calibration
+  images, weights packed per input size). `evaluate.Evaluator` calibrates on a sample of real images and recomputes
+  near-ties in fp32, which brings int8 to bf16's agreement (evaluate.py, RECHECK_MARGIN).
 "auto" picks bf16 where the hardware computes it natively (AMX or AVX512-BF16 CPUs, CUDA with bf16), else fp32.
 """
 from __future__ import annotations
@@ -25,9 +24,10 @@ import copy
 import logging
 import math
 import threading
-import warnings
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ from .errors import ConfigError, UserError
 from .models import VGG, check_memory
 from .paper import pooled_size
 from .precision import Precision, mkldnn_ok
+from .share import shared_threads
 from .utils import keep_freed_memory
 
 log = logging.getLogger("verydeep")
@@ -76,7 +77,9 @@ class Conv:
 # with 36 multiplies per 16 outputs instead of 144. Used for fp32 on the CPU, where oneDNN runs direct convolutions
 # only and ONNX Runtime's fp32 kernels are faster than them (BENCHMARKS.md). Channels below WINOGRAD_MIN_CHANNELS make
 # 36 products too thin to beat a direct convolution (benchmarks/winograd_layers.py, batch 8: 64->64 at 224 0.85x,
-# 64->128 at 112 1.0-1.3x in two runs, 128->128 at 112 1.5x, 256 and 512 channels 1.5-2.5x).
+# 64->128 at 112 1.0-1.3x in two runs, 128->128 at 112 1.5x, 256 and 512 channels 1.5-2.5x, in issue 20's first
+# measurements). On the same kind of machine a later day, oneDNN's direct kernels ran at about twice PyTorch's fp32
+# GEMM rate and won almost everywhere, hence `Pick`: the choice is timed, not assumed.
 _BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
        [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
 _G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
@@ -143,6 +146,50 @@ class Winograd:
         return out.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels-last, as the chain keeps it
 
 
+# Winograd is picked only when it times at least this much faster alone: inside the chain its buffers and fresh
+# output evict what the next layer reads. VGG-16 fp32, batch 8: picking by the plain minimum chose Winograd for the
+# 28x28 layers (4-13% faster alone) and the whole call ran at 14.83 img/s against 15.65 with every layer direct.
+WINOGRAD_MARGIN = 0.85
+
+
+class Pick:
+    """A 3x3 layer that may run by Winograd or directly (fp32, `winograd="auto"`): the faster of the two, timed on
+    the first input of each size class (its pixel count to a power of two) and remembered. Which wins depends on the
+    machine and the map: on the AMD EPYC here (VGG-16, one-off per-layer timings) Winograd won only on 28x28 maps with
+    256-512 channels at batch 8 (4-13%) and lost elsewhere, by up to 2x on 64-channel maps, because its products run
+    on PyTorch's fp32 GEMM (about half the rate oneDNN's direct kernels reach here); the older figures at the top of
+    WINOGRAD_MIN_CHANNELS had it ahead from 128 channels. Both compute the same convolution in fp32 (within ~1e-5)."""
+
+    def __init__(self, winograd: Winograd, direct: tuple):
+        self.winograd, self.direct = winograd, direct
+        self.chosen: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, y: torch.Tensor, direct: tuple) -> torch.Tensor:
+        size = (y.shape[0] * y.shape[2] * y.shape[3]).bit_length()
+        run = {"winograd": self.winograd, "onednn": lambda x: _direct(x, direct)}
+        with self._lock:  # streams: one of them times, the other waits for its verdict
+            if size not in self.chosen:
+                seconds = {}
+                for name, f in run.items():
+                    best = math.inf
+                    for _ in range(2):  # the first call of each may allocate its buffers
+                        t0 = time.perf_counter()
+                        out = f(y)
+                        best = min(best, time.perf_counter() - t0)
+                    seconds[name] = best
+                win = seconds["winograd"] < WINOGRAD_MARGIN * seconds["onednn"]
+                self.chosen[size] = "winograd" if win else "onednn"
+                log.debug("fp32 3x3 layer, %d pixels: %s", y.shape[0] * y.shape[2] * y.shape[3], seconds)
+                return out
+        return run[self.chosen[size]](y)
+
+
+def _direct(y: torch.Tensor, op: tuple) -> torch.Tensor:
+    w, b, p, attr = op
+    return torch.ops.mkldnn._convolution_pointwise(y, w, b, p, [1, 1], [1, 1], 1, attr, [], "")
+
+
 @dataclass
 class Op:
     """A layer kept as it is (max-pooling, LRN)."""
@@ -203,11 +250,13 @@ def _as_sequential(steps: list[Conv | Op]) -> nn.Sequential:
 class FastVGG:
     """A VGG prepared for inference. ``net.score_map(x)`` takes preprocessed float images (N, C, H, W) of any size
     at least the crop and returns float32 maps of the last layer kept (the class scores unless `upto` stops
-    earlier); ``net(x)`` takes crops and returns (N, classes) logits, like ``VGG.forward``. ``winograd=False`` keeps
-    fp32 on direct convolutions (the exact reference the benchmark's parity rows compare with)."""
+    earlier); ``net(x)`` takes crops and returns (N, classes) logits, like ``VGG.forward``. fp32's 3x3 layers with
+    WINOGRAD_MIN_CHANNELS inputs or more: ``winograd="auto"`` runs each by Winograd or directly, whichever is faster
+    here (`Pick`), True always by Winograd, False always directly (the exact reference the benchmark's parity rows
+    compare with)."""
 
     def __init__(self, model: VGG, precision: str | Precision = "auto", device: str | torch.device | None = None,
-                 upto: str | None = None, compile: bool = False, winograd: bool = True):
+                 upto: str | None = None, compile: bool = False, winograd: bool | str = "auto"):
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.policy = Precision.resolve(precision, self.device)
         self.precision = self.policy.name
@@ -215,7 +264,7 @@ class FastVGG:
         self.crop, self.upto, self.preprocess = model.config.crop_size, upto, model.preprocess
         self.config = model.config
         self.steps: list[Conv | Op] | None = chain(model, upto)
-        self._quant: nn.Module | None = None
+        self._quant = None  # the calibrated int8 chain (int8.Int8Chain)
         if self.precision == "int8":
             self._backend = "int8"
             return
@@ -237,14 +286,15 @@ class FastVGG:
         return self.policy.dtype
 
     def kernels(self) -> list[str]:
-        """What runs each step of the chain: "winograd", "onednn" (fused convolution), "int8", "eager" or the name of
-        a kept layer ("MaxPool2d", ...): for tests and the curious."""
+        """What runs each step of the chain: "winograd", "onednn" (fused convolution), "winograd|onednn" (the faster,
+        timed per size class: `Pick`), "int8", "eager" or the name of a kept layer ("MaxPool2d", ...): for tests and
+        the curious."""
         if self._backend == "int8":
             return ["int8"]
         if self._backend == "eager":
             return ["eager"]
-        return ["winograd" if isinstance(op, Winograd) else "onednn" if isinstance(op, tuple) else type(op).__name__
-                for op in self._ops]
+        return ["winograd" if isinstance(op, Winograd) else "onednn" if isinstance(op, tuple) else
+                "winograd|onednn" if isinstance(op, Pick) else type(op).__name__ for op in self._ops]
 
     @property
     def packed_sizes(self) -> int:
@@ -261,41 +311,55 @@ class FastVGG:
         # the Winograd layers' buffers, shared by the layers (they run one after another), one set per thread
         self._workspace = threading.local()
         for s in self.steps:
-            if (winograd and self.precision == "fp32" and isinstance(s, Conv) and s.padding == 1
-                    and s.weight.shape[2:] == (3, 3) and s.weight.shape[1] >= WINOGRAD_MIN_CHANNELS):
-                self._ops.append(Winograd(s, self._workspace))
-            elif isinstance(s, Conv):
+            if isinstance(s, Conv):
                 w = s.weight.to(self.dtype).contiguous(memory_format=torch.channels_last)
-                self._ops.append((w, s.bias.to(self.dtype), [s.padding] * 2, "relu" if s.relu else "none"))
+                direct = (w, s.bias.to(self.dtype), [s.padding] * 2, "relu" if s.relu else "none")
+                if not (winograd and self.precision == "fp32" and s.padding == 1 and s.weight.shape[2:] == (3, 3)
+                        and s.weight.shape[1] >= WINOGRAD_MIN_CHANNELS):
+                    self._ops.append(direct)
+                elif winograd == "auto":
+                    self._ops.append(Pick(Winograd(s, self._workspace), direct))
+                else:
+                    self._ops.append(Winograd(s, self._workspace))
             else:
                 self._ops.append(s.module)
         self._by_shape: OrderedDict[tuple, list] = OrderedDict()
-        if self.precision == "fp32":  # fp32: one packing serves every size (measured: per-size packing gains nothing)
-            self._by_shape[None] = self._packed(None)
+        self._size_free: dict[int, torch.Tensor] = {}  # fp32: one packing of each layer serves every size
 
-    def _packed(self, shape: tuple | None) -> list:
-        """The weights in oneDNN's blocked layout for inputs of `shape` (N, H, W), or a size-free layout (None).
-        The bf16 (AMX) kernels pick their weight layout by input size: packed for another size, every call
-        reorders all weights (VGG-16 bf16 at batch 1: 6.0 img/s packed for no size, 15.5 packed for its own)."""
+    def _pack_weight(self, op: tuple, size: list) -> torch.Tensor:
+        """One layer's weights in oneDNN's blocked layout for inputs of `size` (N, C, H, W). The bf16 (AMX) kernels
+        pick their layout by input size: packed for another size, every call reorders all weights (VGG-16 bf16 at
+        batch 1: 6.0 img/s packed for no size, 15.5 packed for its own). fp32 packs for no size, except a layer
+        whose kernel covers its whole input (fc6 on crops: a matrix product; VGG-16 batch 8, 9.5 ms packed for its
+        size against 28 ms, measured one-off; no other layer differed by more than 3%)."""
+        wt, _, p, _ = op
+        if self.precision != "fp32" or (p == [0, 0] and tuple(size[2:]) == tuple(wt.shape[2:])):
+            return torch.ops.mkldnn._reorder_convolution_weight(wt, p, [1, 1], [1, 1], 1, size)
+        if id(op) not in self._size_free:
+            self._size_free[id(op)] = torch.ops.mkldnn._reorder_convolution_weight(wt, p, [1, 1], [1, 1], 1, None)
+        return self._size_free[id(op)]
+
+    def _packed(self, shape: tuple) -> list:
+        """The chain's steps for inputs of `shape` (N, H, W), weights packed for it (`_pack_weight`)."""
         out = []
-        n, h, w = shape if shape else (None, None, None)
+        n, h, w = shape
         for op in self._ops:
-            if isinstance(op, tuple):
-                wt, b, p, attr = op
-                size = [n, wt.shape[1], h, w] if shape else None
-                out.append((torch.ops.mkldnn._reorder_convolution_weight(wt, p, [1, 1], [1, 1], 1, size), b, p, attr))
-                if shape:
-                    h, w = h + 2 * p[0] - wt.shape[2] + 1, w + 2 * p[1] - wt.shape[3] + 1
+            if isinstance(op, (tuple, Pick)):
+                d = op if isinstance(op, tuple) else op.direct
+                wt, b, p, attr = d
+                packed = (self._pack_weight(d, [n, wt.shape[1], h, w]), b, p, attr)
+                out.append(packed if isinstance(op, tuple) else partial(op, direct=packed))
+                h, w = h + 2 * p[0] - wt.shape[2] + 1, w + 2 * p[1] - wt.shape[3] + 1
             else:
                 out.append(op)
-                if shape and isinstance(op, nn.MaxPool2d):
+                if isinstance(op, nn.MaxPool2d):
                     k, st = op.kernel_size, op.stride
                     k, st = (k if isinstance(k, int) else k[0]), (st if isinstance(st, int) else st[0])
                     h, w = pooled_size(h, k, st, op.ceil_mode), pooled_size(w, k, st, op.ceil_mode)
         return out
 
     def _ops_for(self, shape: torch.Size) -> list:
-        key = None if None in self._by_shape else (shape[0], shape[2], shape[3])
+        key = (shape[0], shape[2], shape[3])
         if key not in self._by_shape:
             self._by_shape[key] = self._packed(key)
             while len(self._by_shape) > 2:  # a crop batch size and a dense size stay packed; 2 copies of weights
@@ -329,37 +393,17 @@ class FastVGG:
             # with, whatever the caller has set since
             torch.set_num_threads(threads)
         for op in ops:
-            if isinstance(op, tuple):
-                w, b, p, attr = op
-                y = torch.ops.mkldnn._convolution_pointwise(y, w, b, p, [1, 1], [1, 1], 1, attr, [], "")
-            else:
-                y = op(y)
+            y = _direct(y, op) if isinstance(op, tuple) else op(y)
         return y
 
     def calibrate(self, *batches: torch.Tensor) -> None:
-        """int8: fix the activation ranges from these inputs (any sizes) and quantise; without it the first input
-        the net is given calibrates it."""
-        from torch.ao.quantization import QConfig, QConfigMapping
-        from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+        """int8: fix the activation ranges from these inputs (any sizes) and quantise (int8.py); without it the
+        first input the net is given calibrates it."""
+        from .int8 import Int8Chain
 
         if self.precision != "int8" or self._quant is not None:
             raise ValueError("calibrate() applies once, to a net prepared with precision int8")
-        seq = _as_sequential(self.steps)
-        act = MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=False)  # VNNI: no overflow, full range
-        wt = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
-        mapping = QConfigMapping().set_global(QConfig(activation=act, weight=wt))
-        convs = [n for n, m in seq.named_children() if isinstance(m, nn.Conv2d)]
-        for n in {convs[0], convs[-1]}:
-            mapping = mapping.set_module_name(n, None)
-        torch.backends.quantized.engine = "x86"
-        with warnings.catch_warnings():  # FX quantisation's deprecation notice (it moves to torchao)
-            warnings.simplefilter("ignore")
-            prepared = prepare_fx(seq, mapping, example_inputs=(batches[0][:1].float(),))
-            with torch.inference_mode():
-                for x in batches:
-                    prepared(x.float().to(self.device))
-            self._quant = convert_fx(prepared)
+        self._quant = Int8Chain(self.steps, tuple(x.to(self.device) for x in batches))
         self.steps = None
         log.info("int8: calibrated on %d image(s)", sum(len(x) for x in batches))
 
@@ -369,14 +413,17 @@ class FastVGG:
             raise ConfigError(f"input {tuple(x.shape[-2:])} is smaller than the {self.crop} crop")
         check_memory(self.config, x.shape, self.device, 4)
         x = x.to(self.device)
-        if self._backend == "onednn":
-            y = self._onednn(x)
-        elif self._backend == "int8":
-            if self._quant is None:
-                self.calibrate(x)
-            y = self._quant(x.float().contiguous())
-        else:
-            y = self._seq(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
+        if self._backend == "int8" and self._quant is None:
+            self.calibrate(x)
+        if self.device.type != "cpu":
+            return self._seq(x.to(self.dtype).contiguous(memory_format=torch.channels_last)).float().contiguous()
+        with shared_threads():  # on a shared CPU, only the cores others leave free (share.py)
+            if self._backend == "onednn":
+                y = self._onednn(x)
+            elif self._backend == "int8":
+                y = self._quant(x)
+            else:
+                y = self._seq(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
         return y.float().contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 localisation, explain, features and the benchmark all resolve `--precision` here, so the word means one thing.
 
 auto: the fastest precision that agrees with fp32 on this device (bf16 where the hardware computes it natively:
-AMX or AVX512-BF16 CPUs, CUDA with bf16; else fp32). int8 is inference only, on the CPU (x86 quantisation)."""
+AMX or AVX512-BF16 CPUs, CUDA with bf16; else fp32). int8 is inference only, on the CPU (oneDNN's quantised kernels: int8.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -61,7 +61,7 @@ class Precision:
             raise ConfigError("--precision int8 is for inference (post-training quantisation); train in fp32, "
                               "bf16 or auto")
         if name == "int8" and device.type != "cpu":
-            raise ConfigError(f"--precision int8 runs on the CPU only (PyTorch's x86 quantisation); use bf16 on "
+            raise ConfigError(f"--precision int8 runs on the CPU only (oneDNN's quantised kernels); use bf16 on "
                               f"{device.type}")
         return cls(name, device, requested)
 

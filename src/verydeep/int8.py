@@ -1,0 +1,170 @@
+"""int8 inference on the CPU (issue 20): the fast chain (fast.chain) as oneDNN's quantised convolutions on plain
+uint8 channels-last maps, 8-bit from the first layer to the last.
+
+Each convolution takes uint8 activations (per-tensor scale and zero point) and int8 weights (per output channel,
+symmetric), adds the float bias and applies the ReLU inside the kernel, and writes uint8 for the next layer, or
+float32 where the chain ends: the class scores are never rounded to 256 levels (quantising fc8's *output* is what
+cost 2.3 points of top-1 agreement on a trained D under PyTorch's FX quantisation, which kept fc8 in fp32 for it).
+Max-pooling runs on the uint8 codes themselves (`MaxPool`: the maximum commutes with a monotone
+quantisation); anything else (LRN) is computed in float between a dequantisation and a quantisation. Ranges are the
+min/max over the calibration images of each activation (PyTorch's histogram observer agreed as often but moved
+single posteriors more: fast.py's history, BENCHMARKS.md).
+
+It replaced PyTorch's FX quantisation (torch.ao), which verydeep used before: that graph ran conv1_1 and fc8 in fp32
+(fc8, a 1x1 convolution on a 1x1 map, on PyTorch's slow reference convolution; conv1_1's ReLU and the quantisation of
+its output as two more passes: 44 of 552 ms of a VGG-16 batch of 8 at one thread, measured with torch.profiler),
+and packed every weight without knowing the input size. oneDNN's kernels choose their weight layout by the input
+size, so the weights here are packed for each size met (two kept, as the bf16 chain does); packed for no size, the
+same chain ran 3-16x slower (weights reordered on every call).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+
+@dataclass
+class QParams:
+    scale: float
+    zero_point: int
+
+    @classmethod
+    def of_range(cls, lo: float, hi: float) -> "QParams":
+        """uint8 over [lo, hi] widened to hold 0 (zero padding must be exact), as PyTorch's MinMaxObserver does."""
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = max((hi - lo) / 255.0, 1e-8)
+        return cls(scale, int(min(255, max(0, round(-lo / scale)))))
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().contiguous(memory_format=torch.channels_last)
+        return torch.round(x / self.scale).add_(self.zero_point).clamp_(0, 255).to(torch.uint8)
+
+    def dequantize(self, q: torch.Tensor) -> torch.Tensor:
+        return (q.float() - self.zero_point) * self.scale
+
+
+class QConv:
+    """One convolution: uint8 in (scale, zero point `qin`), uint8 out (`qout`) or float32 (`qout` None)."""
+
+    def __init__(self, s, qin: QParams, qout: QParams | None):  # s: a fast.Conv
+        w = s.weight.float()
+        # symmetric per output channel, [-127, 127]: no int16 saturation in CPUs' u8 x s8 products without VNNI
+        self.w_scale = (w.abs().flatten(1).amax(1) / 127.0).clamp_min(1e-12).double()
+        self.w = torch.round(w / self.w_scale.float()[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
+        self.w = self.w.contiguous(memory_format=torch.channels_last)
+        self.w_zp = torch.zeros(len(self.w_scale), dtype=torch.int64)
+        self.bias, self.padding, self.relu, self.qin, self.qout = s.bias.float(), s.padding, s.relu, qin, qout
+        self._packed: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def packed(self, shape: tuple) -> torch.Tensor:
+        if shape not in self._packed:
+            self._packed[shape] = torch.ops.onednn.qconv_prepack(
+                self.w, self.w_scale, self.qin.scale, self.qin.zero_point, [1, 1], [self.padding] * 2, [1, 1], 1,
+                list(shape))
+            while len(self._packed) > 2:  # a crop batch size and a dense size stay packed, as in the bf16 chain
+                self._packed.popitem(last=False)
+        self._packed.move_to_end(shape)
+        return self._packed[shape]
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        out = self.qout or QParams(1.0, 0)
+        return torch.ops.onednn.qconv2d_pointwise(
+            q, self.qin.scale, self.qin.zero_point, self.packed(tuple(q.shape)), self.w_scale, self.w_zp, self.bias,
+            [1, 1], [self.padding] * 2, [1, 1], 1, out.scale, out.zero_point,
+            None if self.qout else torch.float32, "relu" if self.relu else "none", [], "")
+
+
+class MaxPool(nn.Module):
+    """k x k, stride k max-pooling (floor, VGG's only kind) of maps of any dtype, uint8 codes included (PyTorch has
+    no max_pool2d for uint8, and its quantised one costs a copy back to plain uint8 here): rows pairwise, then
+    columns, on views of the NHWC memory; channels-last out. On float maps it ran no faster than max_pool2d in a
+    whole VGG-16 call (a one-off A/B, fp32 and bf16, batch 1 and 8, within 1.5%), so the float chains keep that."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    @staticmethod
+    def plain(m: nn.Module) -> bool:
+        return (isinstance(m, nn.MaxPool2d) and m.kernel_size == m.stride and isinstance(m.kernel_size, int)
+                and m.padding == 0 and m.dilation == 1 and not m.ceil_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        k, h2, w2 = self.k, h // self.k, w // self.k
+        v = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)[:, :h2 * k, :w2 * k]
+        v = v.reshape(n, h2, k, w2 * k * c)  # a view: only the sizes of the cut dimensions changed
+        rows = v[:, :, 0]
+        for i in range(1, k):
+            rows = torch.maximum(rows, v[:, :, i])
+        cols = rows.view(n, h2, w2, k, c)
+        out = cols[:, :, :, 0]
+        for i in range(1, k):
+            out = torch.maximum(out, cols[:, :, :, i])
+        return out.permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+
+
+class Int8Chain:
+    """The chain `steps` (fast.chain: a fast.Conv has a weight, a fast.Op a module; fast.py imports this module, so
+    the steps are told apart by what they hold) calibrated on `batches` (float images of any sizes) and quantised.
+    Calling it with float images gives what the float chain gives (float32), computed in 8 bits."""
+
+    def __init__(self, steps: list, batches: tuple[torch.Tensor, ...]):
+        ranges = self._ranges(steps, batches)
+        self.qin = QParams.of_range(*ranges[0])
+        self.ops: list = []
+        q: QParams | None = self.qin  # the codes flowing at this point (None: float)
+        for i, s in enumerate(steps):
+            ends = i == len(steps) - 1 or (hasattr(steps[i + 1], "module") and not MaxPool.plain(steps[i + 1].module))
+            if hasattr(s, "weight"):
+                qout = None if ends else QParams.of_range(*ranges[i + 1])
+                if q is None:  # after a float op
+                    self.ops.append(("quantize", QParams.of_range(*ranges[i])))
+                    q = QParams.of_range(*ranges[i])
+                self.ops.append(("conv", QConv(s, q, qout)))
+                q = qout
+            elif MaxPool.plain(s.module) and q is not None:
+                self.ops.append(("pool", MaxPool(s.module.kernel_size)))
+            else:
+                if q is not None:
+                    self.ops.append(("dequantize", q))
+                self.ops.append(("float", s.module))
+                q = None
+        self.qout = q
+
+    @staticmethod
+    @torch.inference_mode()
+    def _ranges(steps: list, batches: tuple[torch.Tensor, ...]) -> list[tuple[float, float]]:
+        """(min, max) of the chain's input and of every step's output over the calibration images."""
+        lo = [float("inf")] * (len(steps) + 1)
+        hi = [float("-inf")] * (len(steps) + 1)
+        for x in batches:
+            y = x.float()
+            for i in range(len(steps) + 1):
+                if i:
+                    s = steps[i - 1]
+                    if hasattr(s, "weight"):
+                        y = F.conv2d(y, s.weight, s.bias, padding=s.padding)
+                        y = y.relu_() if s.relu else y
+                    else:
+                        y = s.module(y)
+                lo[i], hi[i] = min(lo[i], float(y.min())), max(hi[i], float(y.max()))
+        return list(zip(lo, hi))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.qin.quantize(x)
+        for kind, op in self.ops:
+            if kind in ("conv", "pool"):
+                y = op(y)
+            elif kind == "dequantize":
+                y = op.dequantize(y)
+            elif kind == "quantize":
+                y = op.quantize(y)
+            else:
+                y = op(y)
+        return self.qout.dequantize(y) if self.qout is not None else y
