@@ -133,6 +133,22 @@ def test_reduced_precisions_stay_close(precision, tol, name):
     assert rel(net.score_map(big), ref_map) < tol
 
 
+def test_int8_streams_compute_what_one_stream_does(monkeypatch):
+    m = small("D")
+    net = FastVGG(m, "int8")
+    x = torch.randn(4, 3, 32, 32)
+    net.calibrate(x)
+    one = net(x)
+    monkeypatch.setattr(fast, "STREAMS", 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = net(x)  # halves on two pool threads, weights packed for the half batch under a lock
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(two, one, atol=1e-5)
+
+
 def test_int8_calibrates_once_and_is_deterministic():
     m = small("A")
     net = FastVGG(m, "int8")

@@ -53,15 +53,32 @@ def test_off_and_no_proc_stat_leave_the_count_alone(monkeypatch):
     assert s.threads(2) == 2 and not s.enabled
 
 
+def fixed(free):
+    s = share.CoreShare(enabled=False)
+    s.threads = lambda want: min(want, free)
+    return s
+
+
+def test_plan_streams_on_a_shared_cpu(monkeypatch):
+    monkeypatch.setattr(share, "SHARE", fixed(1))  # one of two cores busy elsewhere
+    assert share.plan(2, 8) == (2, 2)     # a batch that splits: two one-thread streams, no barrier between them
+    assert share.plan(2, 3) == (1, 1)     # one that does not: one thread
+    assert share.plan(2, 1) == (1, 1)
+    monkeypatch.setattr(share, "SHARE", fixed(2))  # quiet: as asked (fast.STREAMS)
+    assert share.plan(2, 8) == (2, 1) and share.plan(2, 8, streams=2) == (2, 2) and share.plan(2, 3, 2) == (2, 1)
+
+
 def test_shared_threads_restores_the_callers_count(monkeypatch):
-    monkeypatch.setattr(share, "SHARE", fake([(0.0, 0, 0.0), (1.0, 200, 0.0)]))
+    monkeypatch.setattr(share, "SHARE", fake([(0.0, 0, 0.0), (1.0, 200, 0.0), (2.0, 400, 0.0)]))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with share.shared_threads() as n:  # first look: no evidence
-            assert n == 2 == torch.get_num_threads()
-        with share.shared_threads() as n:  # two cores busy elsewhere for a second: one thread, not none
-            assert n == 1 == torch.get_num_threads()
+        with share.shared_threads() as k:  # first look: no evidence
+            assert k == 1 and torch.get_num_threads() == 2
+        with share.shared_threads() as k:  # two cores busy elsewhere for a second: one thread, not none
+            assert k == 1 and torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
+        with share.shared_threads(batch=4) as k:  # a batch that splits: two streams, the count left for them
+            assert k == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -49,9 +49,24 @@ log = logging.getLogger("verydeep")
 # (`verydeep bench --only gemm,inference,peers --batches 1,8`, its -streams rows) the same fp32 batch ran at 5.86
 # img/s in streams against 11.37 without (bf16 0.98x), so streams are off by default. Beside one single-core process
 # (`verydeep bench ... --load 1`) they helped bf16 (15.33 against 12.77 img/s at batch 8) and not fp32 (3.74 against
-# 4.41): no setting wins everywhere. On a shared host OMP_WAIT_POLICY=PASSIVE helps more (BENCHMARKS.md).
+# 4.41): no setting wins everywhere. STREAMS is what a quiet machine does; when other processes hold cores,
+# share.plan picks threads and streams per call (share.py), whatever STREAMS says.
 STREAMS = 1
 _POOLS: dict = {}
+
+
+def _streams(jobs: list) -> torch.Tensor:
+    """Streams: each job (a callable taking its thread count) on its own pool thread with threads / k OpenMP threads
+    (one on 2 cores), so no thread waits at an operation's barrier for a preempted peer; their outputs concatenated
+    (the parts of one batch, in order)."""
+    threads, k = torch.get_num_threads(), len(jobs)
+    pool = _stream_pool(k)
+    # the caller's count too: torch.set_num_threads also sets MKL's process-wide count, which the streams share
+    torch.set_num_threads(max(1, threads // k))
+    try:
+        return torch.cat([f.result() for f in [pool.submit(job, max(1, threads // k)) for job in jobs]])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _stream_pool(k: int):
@@ -367,24 +382,17 @@ class FastVGG:
         self._by_shape.move_to_end(key)
         return self._by_shape[key]
 
-    def _onednn(self, x: torch.Tensor) -> torch.Tensor:
+    def _onednn(self, x: torch.Tensor, k: int = 1) -> torch.Tensor:
         y = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        threads = torch.get_num_threads()
-        k = min(STREAMS, threads, len(y)) if self.device.type == "cpu" else 1
-        if k < 2 or len(y) % k:
+        if k < 2:
             return self._run(y, self._ops_for(y.shape))
-        # Streams: the batch in k parts, each on threads / k threads (one on 2 cores), so fewer threads wait at an
-        # operation's barrier for a preempted peer (see STREAMS).
         parts = y.chunk(k)
         ops = self._ops_for(parts[0].shape)  # packed here, not raced for by the streams
-        pool = _stream_pool(k)
-        # the caller's count too: torch.set_num_threads also sets MKL's process-wide count, which the streams share
-        torch.set_num_threads(threads // k)
-        try:
-            return torch.cat([f.result() for f in [pool.submit(self._run, part, ops, threads // k)
-                                                   for part in parts]])
-        finally:
-            torch.set_num_threads(threads)
+        return _streams([partial(self._run, part, ops) for part in parts])
+
+    def _int8_part(self, x: torch.Tensor, threads: int) -> torch.Tensor:
+        torch.set_num_threads(threads)  # a pool thread keeps its own count (see _run)
+        return self._quant(x)
 
     @staticmethod
     def _run(y: torch.Tensor, ops: list, threads: int | None = None) -> torch.Tensor:
@@ -417,11 +425,12 @@ class FastVGG:
             self.calibrate(x)
         if self.device.type != "cpu":
             return self._seq(x.to(self.dtype).contiguous(memory_format=torch.channels_last)).float().contiguous()
-        with shared_threads():  # on a shared CPU, only the cores others leave free (share.py)
+        # on a shared CPU, the cores others leave free, or one-thread streams (share.py); else STREAMS as set
+        with shared_threads(len(x), STREAMS) as k:
             if self._backend == "onednn":
-                y = self._onednn(x)
+                y = self._onednn(x, k)
             elif self._backend == "int8":
-                y = self._quant(x)
+                y = _streams([partial(self._int8_part, p) for p in x.chunk(k)]) if k > 1 else self._quant(x)
             else:
                 y = self._seq(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
         return y.float().contiguous()

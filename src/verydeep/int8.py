@@ -19,6 +19,7 @@ same chain ran 3-16x slower (weights reordered on every call).
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -60,8 +61,13 @@ class QConv:
         self.w_zp = torch.zeros(len(self.w_scale), dtype=torch.int64)
         self.bias, self.padding, self.relu, self.qin, self.qout = s.bias.float(), s.padding, s.relu, qin, qout
         self._packed: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
 
     def packed(self, shape: tuple) -> torch.Tensor:
+        with self._lock:  # streams (share.py) call one net from two threads
+            return self._packed_for(shape)
+
+    def _packed_for(self, shape: tuple) -> torch.Tensor:
         if shape not in self._packed:
             self._packed[shape] = torch.ops.onednn.qconv_prepack(
                 self.w, self.w_scale, self.qin.scale, self.qin.zero_point, [1, 1], [self.padding] * 2, [1, 1], 1,

@@ -7,8 +7,9 @@ interleaved, medians of 3; AMD EPYC, 2 cores): one thread against two, batch 1: 
 10.00, int8 27.28 / 24.54; batch 8: fp32 7.95 / 6.99, bf16 15.90 / 14.97, int8 31.08 / 25.05. So before a call the
 chain asks `CoreShare` how many threads to use: the cores in this process's affinity mask, less the CPU time other
 processes took on them over the last window (/proc/stat's per-CPU counters minus this process's own CPU time,
-steal counted as taken), rounded. On a quiet machine that is every core; the count only moves on half a second or
-more of evidence, and only on Linux (elsewhere, and with VERYDEEP_SHARE=off, the caller's thread count stands).
+steal counted as taken), rounded; a batch that splits runs instead as one-thread streams, one per core (`plan`).
+On a quiet machine that is every core; the count only moves on half a second or more of evidence, and only on
+Linux (elsewhere, and with VERYDEEP_SHARE=off, the caller's thread count stands).
 """
 from __future__ import annotations
 
@@ -85,17 +86,33 @@ class CoreShare:
 SHARE = CoreShare()
 
 
-class shared_threads:
-    """A block run on `SHARE.threads(current count)` threads; the caller's count restored after it."""
+def plan(want: int, batch: int, streams: int = 1) -> tuple[int, int]:
+    """(threads, streams) for a call on a batch of `batch` wanting `want` threads (`streams` as fast.STREAMS asks).
+    With cores busy elsewhere and a batch that splits `want` ways: `want` streams of one thread each, which share no
+    barrier, so each runs at whatever its core gives it (beside one CPU-bound process, VGG-16 batch 8: fp32 8.63
+    against 5.93 img/s on one thread, bf16 17.63 against 14.89; one-off, medians of 3). Otherwise the free cores'
+    worth of threads, in the streams asked for where the batch splits."""
+    free = SHARE.threads(want)
+    if free < want and batch >= want and batch % want == 0:
+        return want, want
+    k = min(streams, free, batch)
+    return free, (k if k >= 2 and batch % k == 0 else 1)
 
-    def __enter__(self):
+
+class shared_threads:
+    """A block run on `plan(...)`'s thread count (the caller's count restored after it); it gives the streams."""
+
+    def __init__(self, batch: int = 1, streams: int = 1):
+        self.batch, self.streams = batch, streams
+
+    def __enter__(self) -> int:
         import torch
 
         self.want = torch.get_num_threads()
-        self.use = SHARE.threads(self.want)
+        self.use, k = plan(self.want, self.batch, self.streams)
         if self.use != self.want:
             torch.set_num_threads(self.use)
-        return self.use
+        return k
 
     def __exit__(self, *exc):
         import torch
