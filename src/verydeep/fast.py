@@ -168,12 +168,13 @@ WINOGRAD_MARGIN = 0.85
 
 
 class Pick:
-    """A 3x3 layer that may run by Winograd or directly (fp32, `winograd="auto"`): the faster of the two, timed on
-    the first input of each size class (its pixel count to a power of two) and remembered. Which wins depends on the
-    machine and the map: on the AMD EPYC here (VGG-16, one-off per-layer timings) Winograd won only on 28x28 maps with
-    256-512 channels at batch 8 (4-13%) and lost elsewhere, by up to 2x on 64-channel maps, because its products run
-    on PyTorch's fp32 GEMM (about half the rate oneDNN's direct kernels reach here); the older figures at the top of
-    WINOGRAD_MIN_CHANNELS had it ahead from 128 channels. Both compute the same convolution in fp32 (within ~1e-5)."""
+    """A 3x3 layer that may run by Winograd or directly (fp32, `winograd="auto"`): both timed on the first input of
+    each size class (its pixel count to a power of two), Winograd kept only if faster by WINOGRAD_MARGIN, the verdict
+    remembered. Which wins depends on the machine and the map: on the AMD EPYC here (VGG-16, one-off per-layer
+    timings) Winograd won only on 28x28 maps with 256-512 channels at batch 8 (4-13%) and lost elsewhere, by up to 2x
+    on 64-channel maps, because its products run on PyTorch's fp32 GEMM (about half the rate oneDNN's direct kernels
+    reach here); the figures above WINOGRAD_MIN_CHANNELS had it ahead from 128 channels. Both compute the same
+    convolution in fp32 (within ~1e-5)."""
 
     def __init__(self, winograd: Winograd, direct: tuple):
         self.winograd, self.direct = winograd, direct

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 @dataclass
 class QParams:
     scale: float
@@ -54,7 +53,7 @@ class QConv:
 
     def __init__(self, s, qin: QParams, qout: QParams | None):  # s: a fast.Conv
         w = s.weight.float()
-        # symmetric per output channel, [-127, 127]: no int16 saturation in CPUs' u8 x s8 products without VNNI
+        # symmetric per output channel over [-127, 127] (-128 would have no positive twin)
         self.w_scale = (w.abs().flatten(1).amax(1) / 127.0).clamp_min(1e-12).double()
         self.w = torch.round(w / self.w_scale.float()[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
         self.w = self.w.contiguous(memory_format=torch.channels_last)
