@@ -183,22 +183,23 @@ class Pick:
 
     def __call__(self, y: torch.Tensor, direct: tuple) -> torch.Tensor:
         size = (y.shape[0] * y.shape[2] * y.shape[3]).bit_length()
-        run = {"winograd": self.winograd, "onednn": lambda x: _direct(x, direct)}
-        with self._lock:  # streams: one of them times, the other waits for its verdict
-            if size not in self.chosen:
-                seconds = {}
-                for name, f in run.items():
-                    best = math.inf
-                    for _ in range(2):  # the first call of each may allocate its buffers
-                        t0 = time.perf_counter()
-                        out = f(y)
-                        best = min(best, time.perf_counter() - t0)
-                    seconds[name] = best
-                win = seconds["winograd"] < WINOGRAD_MARGIN * seconds["onednn"]
-                self.chosen[size] = "winograd" if win else "onednn"
-                log.debug("fp32 3x3 layer, %d pixels: %s", y.shape[0] * y.shape[2] * y.shape[3], seconds)
-                return out
-        return run[self.chosen[size]](y)
+        if size not in self.chosen:
+            with self._lock:  # streams: one of them times, the other waits for its verdict
+                if size not in self.chosen:
+                    self.chosen[size] = self._time(y, direct)
+        return self.winograd(y) if self.chosen[size] == "winograd" else _direct(y, direct)
+
+    def _time(self, y: torch.Tensor, direct: tuple) -> str:
+        seconds = {}
+        for name, f in (("winograd", self.winograd), ("onednn", lambda x: _direct(x, direct))):
+            best = math.inf
+            for _ in range(2):  # the first call of each may allocate its buffers
+                t0 = time.perf_counter()
+                f(y)
+                best = min(best, time.perf_counter() - t0)
+            seconds[name] = best
+        log.debug("fp32 3x3 layer, %d pixels: %s", y.shape[0] * y.shape[2] * y.shape[3], seconds)
+        return "winograd" if seconds["winograd"] < WINOGRAD_MARGIN * seconds["onednn"] else "onednn"
 
 
 def _direct(y: torch.Tensor, op: tuple) -> torch.Tensor:

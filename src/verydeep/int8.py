@@ -122,23 +122,23 @@ class Int8Chain:
     def __init__(self, steps: list, batches: tuple[torch.Tensor, ...]):
         ranges = self._ranges(steps, batches)
         self.qin = QParams.of_range(*ranges[0])
-        self.ops: list = []
+        self.ops: list = []  # callables, one after another, from the input's uint8 codes to the output
         q: QParams | None = self.qin  # the codes flowing at this point (None: float)
         for i, s in enumerate(steps):
             ends = i == len(steps) - 1 or (hasattr(steps[i + 1], "module") and not MaxPool.plain(steps[i + 1].module))
             if hasattr(s, "weight"):
                 qout = None if ends else QParams.of_range(*ranges[i + 1])
                 if q is None:  # after a float op
-                    self.ops.append(("quantize", QParams.of_range(*ranges[i])))
                     q = QParams.of_range(*ranges[i])
-                self.ops.append(("conv", QConv(s, q, qout)))
+                    self.ops.append(q.quantize)
+                self.ops.append(QConv(s, q, qout))
                 q = qout
             elif MaxPool.plain(s.module) and q is not None:
-                self.ops.append(("pool", MaxPool(s.module.kernel_size)))
+                self.ops.append(MaxPool(s.module.kernel_size))
             else:
                 if q is not None:
-                    self.ops.append(("dequantize", q))
-                self.ops.append(("float", s.module))
+                    self.ops.append(q.dequantize)
+                self.ops.append(s.module)
                 q = None
         self.qout = q
 
@@ -163,13 +163,6 @@ class Int8Chain:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = self.qin.quantize(x)
-        for kind, op in self.ops:
-            if kind in ("conv", "pool"):
-                y = op(y)
-            elif kind == "dequantize":
-                y = op.dequantize(y)
-            elif kind == "quantize":
-                y = op.quantize(y)
-            else:
-                y = op(y)
+        for op in self.ops:
+            y = op(y)
         return self.qout.dequantize(y) if self.qout is not None else y

@@ -1,15 +1,15 @@
 """Inference on a shared CPU (issue 20): as many threads as the cores other processes leave free.
 
 Every operation of the fast chain is split statically over PyTorch's OpenMP threads and ends at a barrier, so with
-one core busy elsewhere the thread sharing it sets the pace and its partner spins. OpenVINO, whose threads steal work
-(TBB), loses far less. Measured beside one CPU-bound process (`bench.cpu_load(1)`, VGG-16, one-off script,
-interleaved, medians of 3; AMD EPYC, 2 cores): one thread against two, batch 1: fp32 6.88 / 5.21 img/s, bf16 13.89 /
-10.00, int8 27.28 / 24.54; batch 8: fp32 7.95 / 6.99, bf16 15.90 / 14.97, int8 31.08 / 25.05. So before a call the
-chain asks `CoreShare` how many threads to use: the cores in this process's affinity mask, less the CPU time other
-processes took on them over the last window (/proc/stat's per-CPU counters minus this process's own CPU time,
-steal counted as taken), rounded; a batch that splits runs instead as one-thread streams, one per core (`plan`).
-On a quiet machine that is every core; the count only moves on half a second or more of evidence, and only on
-Linux (elsewhere, and with VERYDEEP_SHARE=off, the caller's thread count stands).
+one core busy elsewhere the thread sharing it sets the pace and its partner spins. OpenVINO, whose threads steal
+work (TBB), lost less to the same load (BENCHMARKS.md). Measured beside one CPU-bound process (`bench.cpu_load(1)`,
+VGG-16, one-off script, interleaved, medians of 3; AMD EPYC, 2 cores): one thread against two, batch 1: fp32 6.88 /
+5.21 img/s, bf16 13.89 / 10.00, int8 27.28 / 24.54; batch 8: fp32 7.95 / 6.99, bf16 15.90 / 14.97, int8 31.08 /
+25.05. So before a call the chain asks `CoreShare` how many threads to use: the cores in this process's affinity
+mask, less the CPU time other processes took on them over the last window (/proc/stat's per-CPU counters minus this
+process's own CPU time, steal counted as taken), rounded; a batch that splits runs instead as one-thread streams,
+one per core (`plan`). On a quiet machine that is every core; the count only moves on half a second or more of
+evidence, and only on Linux (elsewhere, and with VERYDEEP_SHARE=off, the caller's thread count stands).
 """
 from __future__ import annotations
 
