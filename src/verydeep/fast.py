@@ -324,6 +324,8 @@ class FastVGG:
         return self._quant is not None
 
     def _pack(self, winograd: bool) -> None:
+        from .int8 import MaxPool  # strided maxima: 2-3.5x max_pool2d on the study's narrow maps (int8.MaxPool)
+
         self._ops = []
         # the Winograd layers' buffers, shared by the layers (they run one after another), one set per thread
         self._workspace = threading.local()
@@ -338,6 +340,8 @@ class FastVGG:
                     self._ops.append(Pick(Winograd(s, self._workspace), direct))
                 else:
                     self._ops.append(Winograd(s, self._workspace))
+            elif MaxPool.plain(s.module):
+                self._ops.append(MaxPool(s.module.kernel_size))
             else:
                 self._ops.append(s.module)
         self._by_shape: OrderedDict[tuple, list] = OrderedDict()
@@ -358,6 +362,8 @@ class FastVGG:
 
     def _packed(self, shape: tuple) -> list:
         """The chain's steps for inputs of `shape` (N, H, W), weights packed for it (`_pack_weight`)."""
+        from .int8 import MaxPool
+
         out = []
         n, h, w = shape
         for op in self._ops:
@@ -373,6 +379,8 @@ class FastVGG:
                     k, st = op.kernel_size, op.stride
                     k, st = (k if isinstance(k, int) else k[0]), (st if isinstance(st, int) else st[0])
                     h, w = pooled_size(h, k, st, op.ceil_mode), pooled_size(w, k, st, op.ceil_mode)
+                elif isinstance(op, MaxPool):  # k x k, stride k, floor
+                    h, w = h // op.k, w // op.k
         return out
 
     def _ops_for(self, shape: torch.Size) -> list:

@@ -87,8 +87,9 @@ class QConv:
 class MaxPool(nn.Module):
     """k x k, stride k max-pooling (floor, VGG's only kind) of maps of any dtype, uint8 codes included (PyTorch has
     no max_pool2d for uint8, and its quantised one costs a copy back to plain uint8 here): rows pairwise, then
-    columns, on views of the NHWC memory; channels-last out. On float maps it ran no faster than max_pool2d in a
-    whole VGG-16 call (a one-off A/B, fp32 and bf16, batch 1 and 8, within 1.5%), so the float chains keep that."""
+    columns, on views of the NHWC memory; channels-last out. The float chains (fast.py) pool with it too: at one
+    thread it ran 2-3.5x max_pool2d on the study's 1/8-width maps (8-64 channels; max_pool2d also writes int64
+    indices), 1.05-1.8x on VGG-16's (benchmarks/inference_modes.py --section pool)."""
 
     def __init__(self, k: int):
         super().__init__()
