@@ -53,3 +53,52 @@ def test_describe():
     assert describe(("train", "D", 0)) == "train D (seed 0)"
     assert describe(("evaluate", "A-LRN", 2, "fp32")) == "evaluate A-LRN fp32 (seed 2)"
     assert describe(("localise", "pcr", "all", 1)) == "localise pcr all (seed 1)"
+
+
+STUDY = """
+import os, sys, time
+from functools import partial
+from pathlib import Path
+from verydeep.jobs import Task, run_tasks
+
+def sleeper(folder, task):
+    (Path(folder) / f"{os.getpid()}.pid").write_text("")
+    time.sleep(60)
+
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    run_tasks({("a", 0): Task("x", ()), ("b", 0): Task("x", ())}, partial(sleeper, folder), 2, Path(folder) / "logs",
+              lambda s: None)
+"""
+
+
+def test_workers_die_with_a_killed_study(tmp_path):
+    # SIGKILL skips every clean-up in the parent: the kernel must end its workers (utils.die_with_parent)
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "study.py"
+    script.write_text(STUDY)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("*.pid"))) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        workers = [int(p.stem) for p in tmp_path.glob("*.pid")]
+        assert len(workers) == 2
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(") ")[1][0] != "Z"  # a zombie has ended
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 20
+    while any(map(alive, workers)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(map(alive, workers))

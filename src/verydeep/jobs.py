@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .utils import cores
+from .utils import cores, die_with_parent
 
 
 @dataclass
@@ -67,7 +67,10 @@ def run_tasks(tasks: dict, call: Callable[[Task], object], jobs: int, logs: Path
         return height[key]
 
     pending, running, done = dict(tasks), {}, 0
-    pool = ProcessPoolExecutor(max(1, min(jobs, total)), mp_context=multiprocessing.get_context("spawn"))
+    # the workers die with this process, however it ends: a study stopped by SIGTERM or SIGKILL (which skip the
+    # clean-up below) left its workers training on, into run folders a restarted study then trains into again
+    pool = ProcessPoolExecutor(max(1, min(jobs, total)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent)
     try:
         while pending or running:
             waiting = set(pending) | {k for k, _ in running.values()}

@@ -112,14 +112,18 @@ def keep_freed_memory() -> bool:
 
 
 def die_with_parent() -> None:
-    """Have the kernel kill this (forked) process when its parent dies. A DataLoader worker forked after
+    """Have the kernel kill this (child) process when its parent dies. A DataLoader worker forked after
     torch.distributed started holds copies of the parent's sockets; one that outlives a killed parent keeps its
-    gloo listener open, and a restarted run connecting there hangs (issue: torchrun restarts)."""
+    gloo listener open, and a restarted run connecting there hangs (issue: torchrun restarts). The study's task
+    workers (jobs.py) would go on training. A parent already gone before the call: this process ends now."""
+    parent = os.getppid()
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fault(point: str, step: int, rank: int = 0, restarted: bool = False) -> None:
