@@ -80,7 +80,9 @@ def test_workers_die_with_a_killed_study(tmp_path):
 
     script = tmp_path / "study.py"
     script.write_text(STUDY)
-    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
+    # its stderr to a file: a killed study's semaphore tracker warns about the semaphores it was left holding
+    err = open(tmp_path / "stderr", "w")
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stderr=err)
     try:
         deadline = time.time() + 60
         while len(list(tmp_path.glob("*.pid"))) < 2 and time.time() < deadline:
@@ -90,6 +92,7 @@ def test_workers_die_with_a_killed_study(tmp_path):
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
+        err.close()
 
     def alive(pid):
         try:

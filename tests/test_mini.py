@@ -107,7 +107,7 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
           fake_arrays(per_class_train=12), workers=1, progress=False)
     cfg = R.StudyConfig(out=str(tmp_path / "study"), data=str(data), seeds=[0], crop=32, width=1 / 8, fc_width=32,
                         batch_size=8, max_epochs=1, init_epochs=1, finetune_epochs=1, test_images=20, workers=0, precision="fp32",
-                        quick=True, restarts=0)
+                        quick=True, restarts=0, init_restarts=0)
     study = R.Study(cfg)
     cells = study.run()
     assert set(cells) == {"t3", "t4", "t5"} and set(cells["t3"]) == {"A", "D"}
@@ -178,6 +178,40 @@ def test_a_net_that_never_left_chance_is_trained_again(tmp_path):
     assert sch["restarts"] == 1 and sch["lost_seconds"] == 180.0 and sch["epochs"] == 2
     fake("Dj-s1", [0.9])
     assert study.run_id("Dj", 1) == "Dj-s1" and study.restarts("Dj") == 0
+
+
+def test_net_a_gets_more_draws_and_a_net_started_from_a_replaced_draw_is_refused(tmp_path):
+    # A starts C, D and E: it gets init_restarts draws, other scratch nets restarts, fine-tuning stages none; a D
+    # trained from A's stalled draw A-s1 does not stand once A-s1-r1 is the A of seed 1
+    import json as js
+
+    from verydeep import reproduce as R
+    from verydeep.errors import UserError
+
+    study = R.Study(R.StudyConfig(out=str(tmp_path), restarts=2, init_restarts=5))
+    assert (study.restarts("A"), study.restarts("A-LRN"), study.restarts("D"), study.restarts("D384")) == (5, 2, 2, 0)
+
+    def fake(run, errs, config=None):
+        d = tmp_path / "runs" / run
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"x")
+        (d / "metrics.jsonl").write_text("".join(js.dumps({"kind": "epoch", "epoch": i + 1, "val_top1_err": e,
+                                                             "schedule": "stop" if i == len(errs) - 1 else "wait"})
+                                                 + "\n" for i, e in enumerate(errs)))
+        if config:
+            (d / "config.json").write_text(js.dumps(config))
+        return d
+
+    fake("A-s0", [0.5, 0.3])
+    study._check_cached("D", 0, 0, fake("D-s0", [0.5, 0.3], {"init_from": "elsewhere/runs/A-s0/model.safetensors"}))
+    fake("A-s1", [0.9, 0.9])
+    d = fake("D-s1", [0.5, 0.3], {"init_from": str(tmp_path / "runs" / "A-s1" / "model.safetensors")})
+    assert study.run_id("A", 1) == "A-s1-r1"  # not trained yet, and already the A of seed 1
+    with pytest.raises(UserError, match="init_from A-s1 \\(now A-s1-r1\\)"):
+        study._check_cached("D", 1, 0, d)
+    fake("A-s1-r1", [0.8, 0.3])
+    with pytest.raises(UserError, match="init_from A-s1 \\(now A-s1-r1\\)"):
+        study._check_cached("D", 1, 0, d)
 
 
 def test_a_seed_at_chance_is_left_out_of_its_nets_figures():

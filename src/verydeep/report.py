@@ -238,12 +238,19 @@ def write_report(study, cells: dict) -> str:
         fig = table_.get((model, S_TEXT[stage])) if name != "B-shallow" else None
         return f"{fig[0]} / {fig[1]}" if fig else "-"
 
+    def started_at_chance(name, cell):
+        """A net initialised from a run that never learned (every draw allowed stalled): said, not hidden."""
+        source = study.runs[name][2]
+        seeds = [s for s in cell if s in dead.get(source, [])] if source else []
+        return f" (seed {', '.join(map(str, seeds))} started from a {source} that did not learn)" if seeds else ""
+
     for key, title, qs, ptable in (("t3", "Table 3: single test scale (dense)", study.single_q, paper.TABLE3),
                                     ("t4", "Table 4: multiple test scales (dense)", study.multi_q, paper.TABLE4)):
         cell = cells.get(key, {})
         if cell:
             table(title, ["net", "train S", "test Q", "top-1", "top-5", "paper"],
-                  [[n + (f" (seed {', '.join(map(str, dead[n]))} did not learn: left out)" if n in dead else ""),
+                  [[n + (f" (seed {', '.join(map(str, dead[n]))} did not learn: left out)" if n in dead else "") +
+                    started_at_chance(n, cell[n]),
                     S_TEXT[study.runs[n][1]], ",".join(map(str, qs(n))), _fmt(_col(cell[n], 0)),
                     _fmt(_col(cell[n], 1)), paper_cell(ptable, n)] for n in study.runs if n in cell])
     if t5:

@@ -58,6 +58,10 @@ class StudyConfig:
     # paper's N(0, 0.01) stalls some draws: A sat at chance for 4 epochs in seed 1 and all 24 in seed 2, A-LRN all
     # 24 in seeds 1 and 2, while seed 0's learned (the paper's own remedy for bad draws was initialising from A).
     restarts: int = 2
+    # Net A starts the deeper nets (section 3.1): a draw of it that never learns starts C, D and E at chance too. In
+    # seed 7 (2026-11-24) A's three draws all stalled, then C, D and E each stalled twice from it (8 epochs a draw)
+    # before learning late; A stalled in 5 of 14 draws over seeds 0-8. A gets more fresh draws (P(all fail) ~ 0.4^6)
+    init_restarts: int = 5
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"  # auto: the faster of fp32 and bf16 here, measured
     workers: int = 2
     # At 1/8 width the nets' operations are too small to keep two threads of one process busy, and one OpenMP
@@ -217,7 +221,9 @@ class Study:
         return f"{name}-s{seed}" + (f"-r{attempt}" if attempt else "")
 
     def restarts(self, name: str) -> int:
-        return self.cfg.restarts if self.runs[name][3] is None else 0  # fine-tuning stages start from a net
+        if self.runs[name][3] is not None:
+            return 0  # fine-tuning stages start from a net
+        return self.cfg.init_restarts if any(r[2] == name for r in self.runs.values()) else self.cfg.restarts
 
     def at_chance(self, run: str) -> bool:
         """Whether a finished run never left chance level (its best validation error within 5 points of it)."""
@@ -263,6 +269,12 @@ class Study:
                    if was.get(k) is not None and was[k] != now[k]]
         # the epoch cap: a run that ended its schedule (or gave up at chance) stands under any cap it fits in; one
         # that stopped at its cap stands only under that cap
+        # a net started from another run (init_from, finetune_from) stands only while that run stands: one trained
+        # from a draw the study has since replaced (more restarts: StudyConfig.init_restarts) would mix two starts
+        _, _, init_from, finetune_from, _ = self.runs[name]
+        for key, source in (("init_from", init_from), ("finetune_from", finetune_from)):
+            if source and was.get(key) and Path(was[key]).parent.name != self.run_id(source, seed):
+                changed.append(f"{key} {Path(was[key]).parent.name} (now {self.run_id(source, seed)})")
         recs = records_of(d)
         cap, ended = now["max_epochs"], bool(recs) and recs[-1].get("schedule") in ("stop", "gave up")
         if recs and (len(recs) > cap or (not ended and len(recs) != cap)):
@@ -469,23 +481,26 @@ class Study:
         for mode, layers in self.LOCALISATION:
             add("t8", f"{mode}-{layers}", seed, 100 * self.localise(seed, mode, layers))
 
-    def localise(self, seed: int, mode: str, layers: str) -> float:
-        """One row of Table 8 (trained and measured once, cached): its centre-crop localisation error."""
+    def localise(self, seed: int, mode: str, layers: str, epochs: int | None = None) -> float:
+        """One row of Table 8 (trained and measured once, cached): its centre-crop localisation error. `epochs`
+        other than the study's (benchmarks/longer_localisation.py) trains and caches a run of its own."""
         from . import localize
         from .data import open_source
         from .weights import load, save
 
-        path = self.out / "runs" / f"loc-{mode}-{layers}-s{seed}.safetensors"
+        epochs = epochs or self.cfg.loc_epochs
+        tag = f"loc-{mode}-{layers}" + (f"-e{epochs}" if epochs != self.cfg.loc_epochs else "") + f"-s{seed}"
+        path = self.out / "runs" / f"{tag}.safetensors"
         if not path.is_file():
-            self.log(f"localisation {mode.upper()} {layers} (seed {seed})")
+            self.log(f"localisation {mode.upper()} {layers} (seed {seed}, {epochs} epochs)")
             cfg = localize.LocTrainConfig(mode=mode, layers=layers, train_scale=[self.cfg.scale(384)],
                                           lr=paper.FINETUNE_LR * (self.cfg.lr / paper.LR),
-                                          epochs=self.cfg.loc_epochs, batch_size=self.cfg.batch_size,
+                                          epochs=epochs, batch_size=self.cfg.batch_size,
                                           workers=self.cfg.workers, seed=seed, progress=sys.stderr.isatty(),
                                           precision=self.precision, device="cpu")
             net, _ = localize.fine_tune(load(self.train("D384", seed)), open_source(self.data, split="train"), cfg)
             save(net, path)
-        return self.cached(f"loc-{mode}-{layers}-s{seed}", lambda: localize.centre_crop_error(
+        return self.cached(tag, lambda: localize.centre_crop_error(
             load(path), self.test_source(), self.cfg.scale(384), self.precision), on_test=True)["error"]
 
     def plan(self) -> dict:
