@@ -39,42 +39,41 @@ class StudyConfig:
     width: float = 0.125            # conv channels x1/8 (the 2-core budget: ~2.5x the img/s of x1/4, same epochs)
     fc_width: int = 512             # 4096 -> 512
     train_per_class: int = 2000     # mini-ILSVRC training images per class (20,000 in all)
-    # batch 64, not 256: memory allows 256, but an epoch is then 78 updates and the nets need ~4x the epochs
-    batch_size: int = 64
+    batch_size: int = 64            # batch 64, not 256: memory allows 256, but an epoch is then 78 updates
+    # and the nets need ~4x the epochs
+
     # The paper's recipe (section 3.1) as it stands:
-    dropout: float = paper.DROPOUT
+    dropout: float = paper.DROPOUT  # on fc6 and fc7
     lr: float = paper.LR            # from scratch and from net A; fine-tuning stages at lr / 10 (the paper's 1e-3)
-    # epochs without validation improvement before lr / 10 (the paper: "stopped improving"; an epoch here is ~300
-    # updates). 1 decayed on noise: net B's error rose 0.7 points once (1,000 validation images: ~1.4 points of
-    # standard error) and its rate fell at epoch 6, ending 8 points behind A; Glorot's shallow B sat at chance for
-    # one epoch and never learned after its decays
-    patience: int = 2
+    patience: int = 2               # epochs without validation improvement before lr / 10 (the paper: "stopped
+    # improving"; an epoch here is ~300 updates). 1 decayed on noise: net B's error rose 0.7 points once (1,000
+    # validation images: ~1.4 points of standard error) and its rate fell at epoch 6, ending 8 points behind A;
+    # Glorot's shallow B sat at chance for one epoch and never learned after its decays
     max_decays: int = paper.LR_DECAYS  # then stop
     max_epochs: int = 24            # cap on the from-scratch schedules (the report says which runs hit a cap)
     init_epochs: int = 20           # cap on the schedules of the nets initialised from net A
     finetune_epochs: int = 6        # cap on the S = 384 and jittered fine-tuning schedules
+    restarts: int = 2               # fresh draws of a net that never left chance level (scratch or from A).
     # A net trained from scratch or from A that never left chance level is trained again from a fresh draw of its
     # initialisation (seed + 1000 k), at most this many times; the report counts the restarts. At 1/8 width the
     # paper's N(0, 0.01) stalls some draws: A sat at chance for 4 epochs in seed 1 and all 24 in seed 2, A-LRN all
     # 24 in seeds 1 and 2, while seed 0's learned (the paper's own remedy for bad draws was initialising from A).
-    restarts: int = 2
-    # Net A starts the deeper nets (section 3.1): a draw of it that never learns starts C, D and E at chance too. In
-    # seed 7 (2026-11-24) A's three draws all stalled, then C, D and E each stalled twice from it (8 epochs a draw)
-    # before learning late; A stalled in 5 of 14 draws over seeds 0-8. A gets more fresh draws (P(all fail) ~ 0.4^6)
-    init_restarts: int = 5
+    init_restarts: int = 5          # the same for net A, whose layers start C, D and E (section 3.1).
+    # A draw of A that never learns starts C, D and E at chance too: in seed 7 (2026-11-24) A's three draws all
+    # stalled, then C, D and E each stalled twice from it (8 epochs a draw) before learning late; A stalled in 5 of
+    # 14 draws over seeds 0-8, so six draws all fail about once in 250 seeds.
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"  # auto: the faster of fp32 and bf16 here, measured
-    workers: int = 2
+    workers: int = 2                # data-loading processes of each task
+    jobs: int = 2                   # runs and evaluations side by side, cores / jobs threads each (a lone one: all).
     # At 1/8 width the nets' operations are too small to keep two threads of one process busy, and one OpenMP
     # thread per process has no barrier to wait at (benchmarks/study_jobs.py). The demo's work is one chain: 1.
-    jobs: int = 2                   # runs and evaluations side by side, cores / jobs threads each (a lone one: all)
-    # The test split renders all 1,000 of Fashion-MNIST's test items per class; each table is computed on a seeded
-    # subset of test_images of them. At 1,000 images the test sample alone gave a paired comparison of two nets a
-    # standard error of 0.9-1.0 points per seed (0.6 for two protocols of one net): larger than the effects of depth,
-    # dense + multi-crop and fusion (0.1-1 point), and most of their spread over seeds (study of 2026-11-23).
     test_per_class: int = 1000      # test images rendered per class (Fashion-MNIST has 1,000 test items per class)
-    test_images: int = 5000         # the seeded subset of them every table is measured on
-    loc_epochs: int = 2
-    transfer_per_class: int = 30
+    test_images: int = 5000         # the seeded subset of them every table is measured on.
+    # At 1,000 images the test sample alone gave a paired comparison of two nets a standard error of 0.9-1.0 points
+    # per seed (0.6 for two protocols of one net): larger than the effects of depth, dense + multi-crop and fusion
+    # (0.1-1 point), and most of their spread over seeds (study of 2026-11-23).
+    loc_epochs: int = 2             # localisation fine-tuning epochs (Table 8; benchmarks/longer_localisation.py)
+    transfer_per_class: int = 30    # training images per class of the transfer SVM (the paper's Caltech-101: 30)
 
     def __post_init__(self):
         if self.precision == "int8":
