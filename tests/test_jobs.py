@@ -49,6 +49,22 @@ def test_tasks_that_wait_for_each_other_are_an_error(tmp_path):
         run_tasks(tasks, partial(record, tmp_path), 2, tmp_path / "logs", lambda s: None)
 
 
+def say(task):
+    """A task that sets up logging as an entry point does (study_task used to), then logs."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("verydeep").warning("record of %s", task.args[0])
+
+
+def test_each_tasks_log_records_go_to_its_own_log_even_in_a_reused_worker(tmp_path):
+    tasks = {(n, 0): Task("x", (n,), [("a", 0)] if n == "b" else []) for n in "ab"}
+    run_tasks(tasks, say, 1, tmp_path, lambda s: None)  # one worker runs both
+    for n in "ab":
+        text = (tmp_path / f"{n}-0.log").read_text()
+        assert f"record of {n}" in text and "Logging error" not in text
+
+
 def test_describe():
     assert describe(("train", "D", 0)) == "train D (seed 0)"
     assert describe(("evaluate", "A-LRN", 2, "fp32")) == "evaluate A-LRN fp32 (seed 2)"

@@ -8,6 +8,7 @@ starts beside it until it ends: two processes spinning at OpenMP barriers on the
 order of magnitude (BENCHMARKS.md)."""
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -39,13 +40,23 @@ def log_name(key) -> str:
 
 
 def _work(call: Callable, task: Task, threads: int, logfile: str) -> float:
-    """In a worker process: the task with `threads` threads, its output appended to its own log file."""
+    """In a worker process: the task with `threads` threads, its output and its log records (warnings and up)
+    appended to its own log file. A worker runs task after task: a logging handler set up by the first task would
+    keep writing to that task's file, closed by then ("Logging error" in every later task's log, its records lost)."""
     import torch
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
+    root = logging.getLogger()
     with open(logfile, "a", buffering=1) as f, redirect_stdout(f), redirect_stderr(f):
-        call(task)
+        handler = logging.StreamHandler(f)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+        try:
+            call(task)
+        finally:
+            root.removeHandler(handler)
     return time.perf_counter() - t0
 
 

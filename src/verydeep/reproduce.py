@@ -570,8 +570,7 @@ class Study:
 
 
 def study_task(cfg: StudyConfig, task) -> None:
-    """One task of Study.plan, in a worker process of jobs.run_tasks."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    """One task of Study.plan, in a worker process of jobs.run_tasks (which sends its log records to its log file)."""
     getattr(Study(cfg), task.method)(*task.args)
 
 
