@@ -65,6 +65,26 @@ def test_each_tasks_log_records_go_to_its_own_log_even_in_a_reused_worker(tmp_pa
         assert f"record of {n}" in text and "Logging error" not in text
 
 
+def pid_of(folder, task):
+    import os
+    import signal
+
+    (folder / f"{task.args[0]}.pid").write_text(str(os.getpid()))
+    if task.args[0] == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer ends a worker
+
+
+def test_each_task_runs_in_a_fresh_process_and_a_killed_one_is_a_one_line_error(tmp_path):
+    from verydeep.errors import UserError
+
+    tasks = {(n, 0): Task("x", (n,), [("a", 0)] if n == "b" else []) for n in "ab"}
+    run_tasks(tasks, partial(pid_of, tmp_path), 1, tmp_path / "logs", lambda s: None)
+    assert (tmp_path / "a.pid").read_text() != (tmp_path / "b.pid").read_text()  # no task inherits another's peak
+    with pytest.raises(UserError, match=r"^killed \(seed 0\): its worker process was killed .* run the same"):
+        run_tasks({("killed", 0): Task("x", ("killed",))}, partial(pid_of, tmp_path), 1, tmp_path / "logs",
+                  lambda s: None)
+
+
 def test_describe():
     assert describe(("train", "D", 0)) == "train D (seed 0)"
     assert describe(("evaluate", "A-LRN", 2, "fp32")) == "evaluate A-LRN fp32 (seed 2)"

@@ -12,11 +12,13 @@ import logging
 import multiprocessing
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .errors import UserError
 from .utils import cores, die_with_parent
 
 
@@ -78,35 +80,46 @@ def run_tasks(tasks: dict, call: Callable[[Task], object], jobs: int, logs: Path
         return height[key]
 
     pending, running, done = dict(tasks), {}, 0
-    # the workers die with this process, however it ends: a study stopped by SIGTERM or SIGKILL (which skip the
-    # clean-up below) left its workers training on, into run folders a restarted study then trains into again
-    pool = ProcessPoolExecutor(max(1, min(jobs, total)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=die_with_parent)
+
+    def process():
+        # One process per task: a process keeps its peak memory (utils.keep_freed_memory), and a worker that ran task
+        # after task of a study held the largest of them all (one reached 5.7 GB, and the kernel's OOM killer ended
+        # the study when other work ran beside it); a fresh process costs a second or two of start-up per task.
+        # (An executor of one process per task: max_tasks_per_child races with shutdown in Python 3.11.) It dies with
+        # this process however that ends: a study stopped by SIGTERM or SIGKILL, which skip the clean-up below, left
+        # its workers training on, into run folders a restarted study then trains into again.
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent)
+
     try:
         while pending or running:
-            waiting = set(pending) | {k for k, _ in running.values()}
+            waiting = set(pending) | {k for k, _, _ in running.values()}
             ready = sorted((k for k, t in pending.items() if not waiting.intersection(t.after)),
                            key=lambda k: -chain(k))
             if not ready and not running:
                 raise ValueError(f"tasks wait for each other: {', '.join(map(describe, pending))}")
-            busy = sum(th for _, th in running.values()) if running else 0
+            busy = sum(th for _, th, _ in running.values()) if running else 0
             while ready and len(running) < jobs and busy < n:
                 key = ready.pop(0)
                 threads = n if not running and not ready else min(max(1, n // jobs), n - busy)
-                task = pending.pop(key)
-                f = pool.submit(_work, call, task, threads, str(logs / log_name(key)))
-                running[f] = (key, threads)
+                task, pool = pending.pop(key), process()
+                running[pool.submit(_work, call, task, threads, str(logs / log_name(key)))] = (key, threads, pool)
                 busy += threads
                 say(f"start {describe(key)} ({threads} thread{'s' * (threads > 1)}; log {logs / log_name(key)})")
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for f in finished:
-                key, _ = running.pop(f)
-                seconds = f.result()  # a failed task raises here
+                key, _, pool = running.pop(f)
+                pool.shutdown()
+                try:
+                    seconds = f.result()  # a failed task raises here
+                except BrokenProcessPool:
+                    raise UserError(f"{describe(key)}: its worker process was killed (by the system's out-of-memory "
+                                    f"killer or a signal; log {logs / log_name(key)}); what finished is kept: run "
+                                    f"the same command again to continue") from None
                 done += 1
                 say(f"done {describe(key)} in {seconds:.0f} s ({done} of {total} tasks)")
     except BaseException:
-        for p in list(getattr(pool, "_processes", {}).values()):  # a failed study stops now, not after the others
-            p.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        for _, _, pool in running.values():  # a failed study stops now, not after the others
+            for p in list((getattr(pool, "_processes", None) or {}).values()):
+                p.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
         raise
-    pool.shutdown()
