@@ -43,8 +43,9 @@ def log_name(key) -> str:
 
 def _work(call: Callable, task: Task, threads: int, logfile: str) -> float:
     """In a worker process: the task with `threads` threads, its output and its log records (warnings and up)
-    appended to its own log file. A worker runs task after task: a logging handler set up by the first task would
-    keep writing to that task's file, closed by then ("Logging error" in every later task's log, its records lost)."""
+    appended to its own log file, through a handler of its own. When workers ran task after task, the handler a
+    first task set up (logging.basicConfig) kept writing to that task's file, closed by then ("Logging error" in
+    every later task's log, its records lost)."""
     import torch
 
     torch.set_num_threads(threads)

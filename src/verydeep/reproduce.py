@@ -61,7 +61,7 @@ class StudyConfig:
     init_restarts: int = 5          # the same for net A, whose layers start C, D and E (section 3.1).
     # A draw of A that never learns starts C, D and E at chance too: in seed 7 (2026-11-24) A's three draws all
     # stalled, then C, D and E each stalled twice from it (8 epochs a draw) before learning late; A stalled in 5 of
-    # 14 draws over seeds 0-8, so six draws all fail about once in 250 seeds.
+    # 14 draws over seeds 0-8: at that rate six draws all fail about once in 500 seeds.
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"  # auto: the faster of fp32 and bf16 here, measured
     workers: int = 2                # data-loading processes of each task
     jobs: int = 2                   # runs and evaluations side by side, cores / jobs threads each (a lone one: all).
