@@ -33,7 +33,7 @@ from .models import model_config, multiply_adds, vgg
 from .options import RunOptions
 from .precision import Precision, cpu_flags
 from .train import forward_backward, optimizer, update
-from .utils import keep_freed_memory
+from .utils import keep_freed_memory, release_freed_memory
 
 SECTIONS = ("gemm", "inference", "peers", "train", "protocols", "parity")
 
@@ -133,7 +133,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
-            _trim()  # hand freed memory back first, or a reused heap would hide this block's needs
+            release_freed_memory()  # hand freed memory back first, or a reused heap would hide this block's needs
             self.base = self.high = self._rss()
             self.stop = threading.Event()
             self.thread = threading.Thread(target=self._sample, daemon=True)
@@ -153,14 +153,6 @@ class PeakMemory:
             self.thread.join()
             self.peak_mib = (max(self.high, self._rss()) - self.base) / 2**20
 
-
-def _trim() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _sync(device: str):

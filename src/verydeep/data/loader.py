@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_wor
 
 from ..errors import UserError
 from ..transforms import BadImage, TrainTransform, as_rgb, center_crop_resized
-from ..utils import cores, die_with_parent
+from ..utils import cores, die_with_parent, release_freed_memory
 from .sources import Source
 
 log = logging.getLogger("verydeep.data")
@@ -257,6 +257,7 @@ class TrainLoader:
             num_workers=workers, collate_fn=collate, pin_memory=pin, worker_init_fn=_worker_init,
             persistent_workers=workers > 0, prefetch_factor=cfg.prefetch_factor if workers else None)
         self.skips = SkipTracker(cfg.max_skip_fraction, self.sampler.limit)
+        self._forked = False
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -265,6 +266,9 @@ class TrainLoader:
         """This epoch's batches, from batch `skip_batches` on (resuming a killed run mid-epoch)."""
         self.sampler.set_epoch(epoch, skip_batches * self.cfg.batch_size)
         self.skips.reset()
+        if self.loader.num_workers and not self._forked:
+            release_freed_memory()  # the persistent workers fork now: not the heap this process keeps (utils.py)
+            self._forked = True
         for batch in self.loader:
             self.skips.update(batch)
             yield batch
