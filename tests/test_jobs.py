@@ -57,9 +57,9 @@ def say(task):
     logging.getLogger("verydeep").warning("record of %s", task.args[0])
 
 
-def test_each_tasks_log_records_go_to_its_own_log_even_in_a_reused_worker(tmp_path):
+def test_each_tasks_log_records_go_to_its_own_log(tmp_path):
     tasks = {(n, 0): Task("x", (n,), [("a", 0)] if n == "b" else []) for n in "ab"}
-    run_tasks(tasks, say, 1, tmp_path, lambda s: None)  # one worker runs both
+    run_tasks(tasks, say, 1, tmp_path, lambda s: None)  # one after the other
     for n in "ab":
         text = (tmp_path / f"{n}-0.log").read_text()
         assert f"record of {n}" in text and "Logging error" not in text

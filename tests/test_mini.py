@@ -1,6 +1,7 @@
 """The miniature ILSVRC (determinism, tight boxes inside the canvas, disjoint splits) and the study runner."""
 import hashlib
 import xml.etree.ElementTree as ET
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -153,22 +154,30 @@ def test_a_study_refuses_its_data_folder_built_with_other_settings(tmp_path):
         R.Study(R.StudyConfig(out=str(tmp_path))).dataset()
 
 
+def fake_run(study: Path, run: str, errs: list, config: dict | None = None) -> Path:
+    """A finished run of a study, as its files say: weights, per-epoch records (validation error, 60 s each, the
+    schedule ended at the last), and optionally its config.json."""
+    import json as js
+
+    d = study / "runs" / run
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"x")
+    (d / "metrics.jsonl").write_text("".join(js.dumps({"kind": "epoch", "epoch": i + 1, "val_top1_err": e,
+                                                        "train_seconds": 60.0,
+                                                        "schedule": "stop" if i == len(errs) - 1 else "wait"})
+                                             + "\n" for i, e in enumerate(errs)))
+    if config:
+        (d / "config.json").write_text(js.dumps(config))
+    return d
+
+
 def test_a_net_that_never_left_chance_is_trained_again(tmp_path):
     # A-s1 stayed at chance (90% error, 10 classes): its standing run is the restart A-s1-r1, evaluated under that
     # name; a fine-tuning stage is never restarted; the schedule counts the restart and the minutes it cost
-    import json as js
-
     from verydeep import reproduce as R
 
     study = R.Study(R.StudyConfig(out=str(tmp_path), restarts=2))
-
-    def fake(run, errs):
-        d = tmp_path / "runs" / run
-        d.mkdir(parents=True)
-        (d / "model.safetensors").write_bytes(b"x")
-        (d / "metrics.jsonl").write_text("".join(js.dumps({"kind": "epoch", "epoch": i + 1, "val_top1_err": e,
-                                                             "train_seconds": 60.0}) + "\n" for i, e in enumerate(errs)))
-
+    fake = partial(fake_run, tmp_path)
     fake("A-s0", [0.5, 0.2])
     fake("A-s1", [0.9, 0.9, 0.9])
     assert study.run_id("A", 0) == "A-s0" and study.run_id("A", 1) == "A-s1-r1"  # r1 not trained yet: it stands
@@ -183,25 +192,12 @@ def test_a_net_that_never_left_chance_is_trained_again(tmp_path):
 def test_net_a_gets_more_draws_and_a_net_started_from_a_replaced_draw_is_refused(tmp_path):
     # A starts C, D and E: it gets init_restarts draws, other scratch nets restarts, fine-tuning stages none; a D
     # trained from A's stalled draw A-s1 does not stand once A-s1-r1 is the A of seed 1
-    import json as js
-
     from verydeep import reproduce as R
     from verydeep.errors import UserError
 
     study = R.Study(R.StudyConfig(out=str(tmp_path), restarts=2, init_restarts=5))
     assert (study.restarts("A"), study.restarts("A-LRN"), study.restarts("D"), study.restarts("D384")) == (5, 2, 2, 0)
-
-    def fake(run, errs, config=None):
-        d = tmp_path / "runs" / run
-        d.mkdir(parents=True)
-        (d / "model.safetensors").write_bytes(b"x")
-        (d / "metrics.jsonl").write_text("".join(js.dumps({"kind": "epoch", "epoch": i + 1, "val_top1_err": e,
-                                                             "schedule": "stop" if i == len(errs) - 1 else "wait"})
-                                                 + "\n" for i, e in enumerate(errs)))
-        if config:
-            (d / "config.json").write_text(js.dumps(config))
-        return d
-
+    fake = partial(fake_run, tmp_path)
     fake("A-s0", [0.5, 0.3])
     study._check_cached("D", 0, 0, fake("D-s0", [0.5, 0.3], {"init_from": "elsewhere/runs/A-s0/model.safetensors"}))
     fake("A-s1", [0.9, 0.9])

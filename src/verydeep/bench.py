@@ -154,7 +154,6 @@ class PeakMemory:
             self.peak_mib = (max(self.high, self._rss()) - self.base) / 2**20
 
 
-
 def _sync(device: str):
     """What waits for the device's queued work before a clock is read (nothing on a CPU)."""
     return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, UserError
+from .int8 import MaxPool  # strided maxima: the float chains pool with it too (its docstring has the figures)
 from .models import VGG, check_memory
 from .paper import pooled_size
 from .precision import Precision, mkldnn_ok
@@ -324,8 +325,6 @@ class FastVGG:
         return self._quant is not None
 
     def _pack(self, winograd: bool) -> None:
-        from .int8 import MaxPool  # strided maxima: 2-3.5x max_pool2d on the study's narrow maps (int8.MaxPool)
-
         self._ops = []
         # the Winograd layers' buffers, shared by the layers (they run one after another), one set per thread
         self._workspace = threading.local()
@@ -362,8 +361,6 @@ class FastVGG:
 
     def _packed(self, shape: tuple) -> list:
         """The chain's steps for inputs of `shape` (N, H, W), weights packed for it (`_pack_weight`)."""
-        from .int8 import MaxPool
-
         out = []
         n, h, w = shape
         for op in self._ops:

@@ -88,8 +88,8 @@ class MaxPool(nn.Module):
     """k x k, stride k max-pooling (floor, VGG's only kind) of maps of any dtype, uint8 codes included (PyTorch has
     no max_pool2d for uint8, and its quantised one costs a copy back to plain uint8 here): rows pairwise, then
     columns, on views of the NHWC memory; channels-last out. The float chains (fast.py) pool with it too: at one
-    thread it ran 2-3.5x max_pool2d on the study's 1/8-width maps (8-64 channels; max_pool2d also writes int64
-    indices), 1.05-1.8x on VGG-16's (benchmarks/inference_modes.py --section pool)."""
+    thread it ran 1.7-3.8x max_pool2d on the study's 1/8-width maps (8-64 channels; max_pool2d also writes int64
+    indices), 1.0-1.7x on VGG-16's (benchmarks/inference_modes.py --section pool, BENCHMARKS.md)."""
 
     def __init__(self, k: int):
         super().__init__()
