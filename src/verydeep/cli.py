@@ -10,6 +10,7 @@ import importlib
 import inspect
 import logging
 import sys
+import traceback
 from dataclasses import dataclass
 
 from . import config
@@ -80,15 +81,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .transforms import BadImage
-
     args = build_parser().parse_args(argv)
     cmd: Command = args._command
     cls, fn = resolve(cmd)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     keep_freed_memory()  # every command allocates VGG activations again and again (utils.py)
     try:
-        result = fn(config.build(cls, config.given(args, cls), args.config))
+        code = _run(cmd, fn, config.build(cls, config.given(args, cls), args.config))
+    except BaseException:
+        if not _joined_process_group():
+            raise
+        traceback.print_exc()
+        code = 1
+    if _joined_process_group():
+        sys.modules["verydeep.distributed"].leave(code)  # never returns (distributed.leave says why)
+    return code
+
+
+def _joined_process_group() -> bool:
+    d = sys.modules.get("verydeep.distributed")  # not even imported: no group was joined
+    return d is not None and d.joined
+
+
+def _run(cmd: Command, fn, cfg) -> int:
+    from .transforms import BadImage
+
+    try:
+        result = fn(cfg)
     except (UserError, BadImage) as e:
         print(f"verydeep {cmd.name}: error: {e}", file=sys.stderr)
         return 2

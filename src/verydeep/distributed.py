@@ -7,8 +7,10 @@ carry no attempt number, so a restarted worker could read the killed attempt's a
 works under its own key prefix. Every collective has a finite timeout (`timeout_s`), reported in one line."""
 from __future__ import annotations
 
+import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,6 +18,8 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError
+
+joined = False  # this process has joined a process group (cli.main then ends it with leave())
 
 
 @dataclass
@@ -76,6 +80,8 @@ def setup(device: str = "auto", timeout_s: float = 600.0) -> Dist:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
+        global joined
+        joined = True
         timeout = timedelta(seconds=timeout_s)
         try:
             store = _store(rank, world, timeout)
@@ -84,6 +90,24 @@ def setup(device: str = "auto", timeout_s: float = 600.0) -> Dist:
         except (RuntimeError, ValueError) as e:
             raise UserError(failure_message(e, timeout_s, "joining the process group")) from None
     return Dist(rank, world, local, dev, timeout_s)
+
+
+def leave(code: int) -> None:
+    """End a process that joined a process group: flush, then exit without the interpreter's finalisation. Gloo's
+    worker threads outlive destroy_process_group while DDP's reducer holds the group, and one that drops the last
+    reference to a finished collective's tensor then needs the GIL; during finalisation taking the GIL ends the
+    thread, inside a C++ destructor, and the process aborts ("terminate called without an active exception",
+    SIGABRT after a finished run: 1 torchrun test in 14 under load, the core's stack shows exactly this; PyTorch's
+    own proposed fix, an atexit destroy_process_group, does not stop threads a DDP still holds). Nothing is lost:
+    checkpoints and results are written and renamed before this point, the loader's workers die with their parent
+    (utils.die_with_parent)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def failure_message(e: Exception, timeout_s: float, doing: str) -> str:

@@ -566,8 +566,9 @@ def train(cfg: TrainConfig) -> dict:
     d = distributed.setup(cfg.device, cfg.dist_timeout)
     try:
         result = Trainer(cfg, d).run()
-        # Every rank ends together: a rank tearing down its process group while rank 0 still exports made gloo
-        # abort at exit ("terminate called without an active exception", 5 runs in 30 without this barrier).
+        # Every rank ends together: no rank tears down its process group while rank 0 still exports. (The abort at
+        # exit, "terminate called without an active exception", is gloo's threads in the interpreter's
+        # finalisation, which cli.main skips: distributed.leave.)
         distributed.barrier(d)
         return result
     except (RuntimeError, ValueError) as e:
