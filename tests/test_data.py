@@ -3,7 +3,9 @@ import gzip
 import hashlib
 import io
 import logging
+import multiprocessing
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from http.server import HTTPServer, SimpleHTTPRequestHandler
 
@@ -464,3 +466,17 @@ def test_validation_kept_in_memory_is_read_once_and_serves_the_same_batches(fold
         assert len(got) == len(plain) and len(reads) == 2 * n
         for a, b in zip(got, plain):
             assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
+def _start_methods_of_workers(folder) -> list[str]:
+    loader = TrainLoader(ImageFolder(folder), SMALL, LoaderConfig(batch_size=4, workers=2, cache=True))
+    next(loader.epoch(0))
+    return [w._start_method or multiprocessing.get_start_method() for w in loader.loader._iterator._workers]
+
+
+def test_loader_workers_are_forked_even_in_a_spawned_process(folder):
+    """Forked, they share the decoded images with the process that made them (data.loader.worker_options). A study
+    task runs in a spawned process (jobs.py), whose workers were spawned too, each with a copy of the image cache: a
+    jittered study task took 10.7 GB instead of 2.1."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(_start_methods_of_workers, folder).result() == ["fork", "fork"]

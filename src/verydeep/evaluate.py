@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import paper
 from .config import repeated
-from .data.loader import Skip, _worker_init, usable_workers
+from .data.loader import Skip, worker_options
 from .data.sources import Source
 from .errors import ConfigError, UserError
 from .models import VGG
@@ -318,9 +318,9 @@ class Evaluator:
         labels = np.full(n, -1, np.int64)
         valid = np.zeros(n, bool)
         paths = [""] * n
+        workers = worker_options(self.workers)
         loader = DataLoader(ScaledImages(source, scales), batch_size=1, collate_fn=_first,
-                            num_workers=usable_workers(self.workers), worker_init_fn=_worker_init,
-                            prefetch_factor=8 if usable_workers(self.workers) else None)
+                            prefetch_factor=8 if workers["num_workers"] else None, **workers)
         buckets: dict = defaultdict(list)   # (Q, H, W) -> [(index, uint8 image)] for dense
         pending: list = []                  # (index, Q, protocol, uint8 crops) for the crop protocols
         skipped = []

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import paper
 from .config import positional, repeated
-from .data.loader import EpochSampler, _worker_init, usable_workers
+from .data.loader import EpochSampler, worker_options
 from .data.sources import Source
 from .errors import UserError
 from .models import VGG
@@ -224,9 +224,9 @@ def fine_tune(classifier: VGG, source: Source, cfg: LocTrainConfig) -> tuple[VGG
     opt = optimizer(params, cfg.lr, cfg.momentum, cfg.weight_decay, device)
     ds = BoxCrops(source, scale, net.config.crop_size, cfg.seed)
     sampler = EpochSampler(len(source), True, cfg.seed)
-    workers = usable_workers(cfg.workers)
+    workers = worker_options(cfg.workers)
     loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=_collate,
-                        num_workers=workers, worker_init_fn=_worker_init, persistent_workers=workers > 0)
+                        persistent_workers=workers["num_workers"] > 0, **workers)
     losses = []
     for epoch in range(cfg.epochs):
         sampler.set_epoch(epoch)

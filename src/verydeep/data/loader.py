@@ -8,6 +8,7 @@ end of the epoch; the run fails only when the skipped fraction passes a limit (1
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
@@ -250,12 +251,12 @@ class TrainLoader:
             log.info("%s: %d images decoded into memory (%.0f MB)", source.root, len(source), self.cache.bytes / 2**20)
         # With the images in memory a crop is a slice: workers would cost more (processes fighting the compute
         # threads for the cores) than the crops themselves.
-        workers = 0 if self.cache is not None and self.cache.fixed else usable_workers(cfg.workers)
+        workers = worker_options(0 if self.cache is not None and self.cache.fixed else cfg.workers)
         self.loader = DataLoader(
             TrainDataset(source, transform, cfg.seed, self.cache),
-            batch_sampler=BatchSampler(self.sampler, cfg.batch_size, cfg.drop_last),
-            num_workers=workers, collate_fn=collate, pin_memory=pin, worker_init_fn=_worker_init,
-            persistent_workers=workers > 0, prefetch_factor=cfg.prefetch_factor if workers else None)
+            batch_sampler=BatchSampler(self.sampler, cfg.batch_size, cfg.drop_last), collate_fn=collate,
+            pin_memory=pin, persistent_workers=workers["num_workers"] > 0,
+            prefetch_factor=cfg.prefetch_factor if workers["num_workers"] else None, **workers)
         self.skips = SkipTracker(cfg.max_skip_fraction, self.sampler.limit)
         self._forked = False
 
@@ -294,6 +295,20 @@ class CenterCropDataset(Dataset):
             return Skip(self.source.path(i), getattr(e, "reason", type(e).__name__), str(e)[:200])
 
 
+def worker_options(workers: int) -> dict:
+    """The DataLoader arguments of every loader with worker processes: at most the usable cores, each dying with its
+    parent and decoding on one thread (_worker_init), and forked whatever this process's default start method is.
+    A forked worker shares the decoded images (ImageCache) and the dataset with its parent page by page; a spawned
+    one unpickles a copy of its own. A study task runs in a process jobs.py spawns, whose own default is then spawn:
+    a jittered training task with two workers took 10.7 GB instead of 2.1 (a 3 GB image cache three times;
+    `python benchmarks/loader_memory.py --run RUN --compare spawn`)."""
+    n = usable_workers(workers)
+    options = {"num_workers": n, "worker_init_fn": _worker_init}
+    if n and "fork" in multiprocessing.get_all_start_methods():
+        options["multiprocessing_context"] = multiprocessing.get_context("fork")
+    return options
+
+
 def usable_workers(workers: int) -> int:
     """No more loader processes than the cores this process may run on: more only fight the compute threads
     (and PyTorch warns about them)."""
@@ -322,5 +337,5 @@ def eval_loader(dataset: Dataset, batch_size: int, workers: int, rank: int = 0, 
     view = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
     if in_memory:
         view, workers = InMemory(view), 0
-    return DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=usable_workers(workers),
-                      collate_fn=collate, worker_init_fn=_worker_init, pin_memory=torch.cuda.is_available())
+    return DataLoader(view, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                      pin_memory=torch.cuda.is_available(), **worker_options(workers))
