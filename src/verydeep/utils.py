@@ -115,7 +115,7 @@ def release_freed_memory() -> None:
     """Hand the memory malloc keeps (keep_freed_memory) back to the kernel, once, now. Before forking workers: a
     forked child shares the parent's pages until one side writes them, and the parent, reusing its kept heap for
     activations, writes them; each child then holds private copies of the pages the parent rewrote. A jittered study
-    training run of 700 steps (benchmarks/loader_memory.py): peak 2,205 MB without, 2,099 MB with."""
+    training run of 700 steps (benchmarks/loader_memory.py --compare trim): peak 2,205 MB without, 2,099 MB with."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
