@@ -88,11 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # every command allocates VGG activations again and again (utils.py)
     try:
         code = _run(cmd, fn, config.build(cls, config.given(args, cls), args.config))
-    except BaseException:
+    except BaseException as e:
         if not _joined_process_group():
             raise
-        traceback.print_exc()
-        code = 1
+        if isinstance(e, SystemExit):
+            code = e.code if isinstance(e.code, int) else 1
+        else:
+            traceback.print_exc()
+            code = 1
     if _joined_process_group():
         sys.modules["verydeep.distributed"].leave(code)  # never returns (distributed.leave says why)
     return code
