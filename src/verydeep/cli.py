@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     keep_freed_memory()  # every command allocates VGG activations again and again (utils.py)
     try:
-        code = _run(cmd, fn, config.build(cls, config.given(args, cls), args.config))
+        code = _run(cmd, lambda: fn(config.build(cls, config.given(args, cls), args.config)))
     except BaseException as e:
         if not _joined_process_group():
             raise
@@ -106,11 +106,12 @@ def _joined_process_group() -> bool:
     return d is not None and d.joined
 
 
-def _run(cmd: Command, fn, cfg) -> int:
+def _run(cmd: Command, command) -> int:
+    """The command's exit status: a user's mistake (a bad option value too) is one line and status 2."""
     from .transforms import BadImage
 
     try:
-        result = fn(cfg)
+        result = command()
     except (UserError, BadImage) as e:
         print(f"verydeep {cmd.name}: error: {e}", file=sys.stderr)
         return 2
