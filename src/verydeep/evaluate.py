@@ -328,8 +328,7 @@ class Evaluator:
         bar = tqdm(total=n * per_image, unit="result", desc="evaluate", disable=not self.progress,
                    dynamic_ncols=True, mininterval=1.0)
 
-        held = [0]                          # images waiting in buckets
-        hold = 4 * self.batch_size          # at most: images of many shapes would wait until the end, all of them
+        hold = 4 * self.batch_size          # images waiting in buckets, at most (see the loop)
 
         def flush_dense(key, force=False):
             items = buckets[key]
@@ -337,7 +336,6 @@ class Evaluator:
                 p = self.dense_posteriors(torch.stack([im for _, im in items]))
                 probs[("dense", key[0])][[i for i, _ in items]] = p.numpy()
                 bar.update(len(items))
-                held[0] -= len(items)
                 del buckets[key]
 
         def flush_crops(force=False):
@@ -366,12 +364,11 @@ class Evaluator:
                     if PROTOCOLS[name].dense:
                         key = (q, *big.shape[1:])
                         buckets[key].append((i, big))
-                        held[0] += 1
                         flush_dense(key)
                         # Dense batches need one shape, and photographs come in as many shapes as there are images
                         # (the study's test split: 1,768 in 2,000): without a bound every image waited in its bucket
                         # to the end, 1.6 MB of them per image at three scales (11 GB for 5,000).
-                        while held[0] > hold:
+                        while sum(map(len, buckets.values())) > hold:  # a cheap sum: at most hold + 1 keys, none empty
                             flush_dense(max(buckets, key=lambda k: len(buckets[k])), force=True)
                     else:
                         pending.append((i, q, name, PROTOCOLS[name].views(big, crop)))
