@@ -203,6 +203,24 @@ def test_init_from_net_a_and_finetune_stages(data, tmp_path):
                              "finetune_from": a_ckpt}), d)
 
 
+def test_colour_statistics_do_not_depend_on_the_run_seed(tmp_path):
+    """Runs of different seeds on the same data compute the same statistics (a study starts several side by side,
+    and the first to finish writing used to set the file with its own seed's sample); with a held-out split too."""
+    import shutil
+
+    pattern_dataset(tmp_path / "src", per_class=12, val_per_class=2)
+    shutil.rmtree(tmp_path / "src" / "val")  # the validation images are a seeded split of train/
+    d = distributed.setup("cpu")
+    stats = []
+    for seed in (1, 2):
+        shutil.copytree(tmp_path / "src", tmp_path / f"d{seed}")
+        t = Trainer(make_config({**TINY, "data": tmp_path / f"d{seed}", "run_dir": tmp_path / f"r{seed}",
+                                 "seed": seed, "stats_images": 8, "val_fraction": 0.25}), d)
+        stats.append(t.stats)
+        assert (tmp_path / f"d{seed}" / "train" / "verydeep_stats.json").is_file()
+    assert stats[0] == stats[1]
+
+
 @pytest.mark.parametrize("text,suffix,match", [
     ("lr = 0.01\nbatch_sise = 128\n", ".toml", "unknown option 'batch_sise' \\(did you mean 'batch_size'\\?\\)"),
     ("lr: fast\n", ".yaml", "option 'lr': expected float, got 'fast'"),

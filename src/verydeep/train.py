@@ -340,12 +340,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ state
     def _colour_stats(self, source) -> colour.ColourStats:
-        path = colour.default_path(getattr(source, "source", source))  # a held-out split's parent
+        # The statistics belong to the data, not to a run: the same sample of the whole training folder (a held-out
+        # split's parent) whatever the run's seed. Sampled with the seed of whichever run came first, two runs
+        # started side by side each wrote their own, and a study's nets were trained with different means.
+        source = getattr(source, "source", source)
+        path = colour.default_path(source)
         fallback = self.run_dir / colour.STATS_FILE
         if self.d.main and colour.load(path) is None and colour.load(fallback) is None:
             log.warning("computing colour statistics of %s (%d images) -> %s", source.root,
                         min(self.cfg.stats_images, len(source)), path)
-            st = colour.compute(source, self.cfg.stats_images, seed=self.cfg.seed, progress=self.cfg.progress)
+            st = colour.compute(source, self.cfg.stats_images, seed=0, progress=self.cfg.progress)
             try:
                 colour.save(st, path)
             except (OSError, UserError):  # read-only data: keep them with the run
