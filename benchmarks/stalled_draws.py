@@ -4,7 +4,7 @@ started"), from a study's own runs; no training.
 1. What a stalled draw's weights did: each layer's std at its last checkpoint against the std it was drawn with
    (models.init_weights), beside the factor weight decay alone gives in that many steps, exp(-steps lr wd / (1 -
    momentum)). Equal factors mean the gradients never moved the weights: decay shrank every layer, and with it the
-   signal and the gradients, so a draw that has not left chance early never does.
+   signal and the gradients, so a draw that has not left chance early rarely does.
 2. The pull of the gradient against that of weight decay at initialisation, per draw: each layer's ||grad|| / (wd
    ||w||) on fixed training crops (the loss of train mode, dropout on), its geometric mean over layers, beside
    whether the draw learned. The initial weights are rebuilt from the draw's seed (as the trainer draws them); the
