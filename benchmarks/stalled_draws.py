@@ -18,13 +18,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
-
-
-def checkpoints(run: Path) -> list[Path]:
-    return sorted((run / "checkpoints").glob("ckpt-*.pt"))
 
 
 def main() -> None:
@@ -36,6 +31,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
+    from verydeep import checkpoint as ckpt
     from verydeep.data import CenterCropDataset, open_source, sample
     from verydeep.models import vgg
     from verydeep.reproduce import Study, StudyConfig, records_of
@@ -56,18 +52,18 @@ def main() -> None:
         for seed in study.cfg.seeds:
             for attempt in range(study.restarts(name) + 1):
                 run = study.out / "runs" / study.run_id(name, seed, attempt)
-                ck = checkpoints(run)
+                ck = ckpt.checkpoints(run)
                 if not ck:
                     break
                 cfg = build(TrainConfig, file=run / "config.json")
                 recs = records_of(run)
                 stalled = study.at_chance(run.name)
-                last = torch.load(ck[-1], weights_only=True, map_location="cpu")
+                last = ckpt.load(ck[-1])
                 torch.manual_seed(cfg.seed)  # the trainer's first draw from torch's generator is the model's init
                 net = vgg(cfg.model, num_classes=len(src.classes), width=cfg.width, fc_width=cfg.fc_width,
                           crop_size=cfg.crop, dropout=cfg.dropout, init=cfg.init)
                 layers = [(n, p) for n, p in net.named_parameters() if p.dim() > 1]
-                first = torch.load(ck[0], weights_only=True, map_location="cpu")["model"]
+                first = ckpt.load(ck[0])["model"]
                 corr = torch.corrcoef(torch.stack([layers[0][1].detach().flatten(),
                                                    first[layers[0][0]].float().flatten()]))[0, 1].item()
                 # 1. the weights' std now against at the draw; weight decay alone, with momentum's steady state
