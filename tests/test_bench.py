@@ -8,7 +8,8 @@ from PIL import Image
 
 import verydeep as vd
 from verydeep import fast
-from verydeep.bench import PeakMemory
+from verydeep.bench import BenchConfig, PeakMemory
+from verydeep.errors import ConfigError
 from verydeep.cli import main
 from conftest import tiny
 
@@ -43,17 +44,22 @@ def test_bench_parity_on_real_images(tmp_path, monkeypatch):
     vd.save(m, tmp_path / "a.safetensors")
     out = tmp_path / "p.json"
     assert main(["bench", "--only", "parity", "--weights", str(tmp_path / "a.safetensors"), "--data",
-                 str(tmp_path / "data"), "--json", str(out)]) == 0
+                 str(tmp_path / "data"), "--parity-protocols", "center,dense,multicrop", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     share = [r for r in rows if r["protocol"] == "rechecked"]
     assert len(share) == 1 and 0 <= share[0]["rechecked_share"] <= 1 and share[0]["calibration_images"] == 12
     rows = [r for r in rows if r["protocol"] != "rechecked"]
     assert {(r["precision"], r["protocol"]) for r in rows} == {(p, q) for p in ("fp32", "bf16", "int8", "int8-raw")
-                                                              for q in ("center", "dense")}
+                                                              for q in ("center", "dense", "multicrop")}
     for r in rows:
         assert r["images"] == 12 and 0 <= r["top1_agreement"] <= 1 and 0 <= r["max_posterior_diff"] <= 1
         if r["precision"] == "fp32":  # Winograd against direct convolution
             assert r["top1_agreement"] == 1 and r["max_posterior_diff"] < 1e-4
+
+
+def test_bench_refuses_a_parity_protocol_that_is_not_one_pass():
+    with pytest.raises(ConfigError, match="--parity-protocols dense.multicrop: choose among"):
+        BenchConfig(parity_protocols=["dense+multicrop"])
 
 
 def test_cpu_load_runs_beside_and_stops():

@@ -80,17 +80,42 @@ def test_default_precision_agrees_with_fp32(model, data):
         assert diff < (0.03 if ev.precision == "bf16" else 1e-5), (p, ev.precision, diff)
 
 
-def test_int8_rechecks_near_ties_in_fp32(model, data):
-    # Every result whose top-2 margin is under `recheck` is recomputed in fp32: with a margin of 1 that is all of
-    # them, and the posteriors are fp32's; with 0 none is, and int8's own differ from fp32's.
-    _, ref = run(model, data, ["center", "dense"], [72])
-    ev, post = run(model, data, ["center", "dense"], [72], precision="int8", recheck=1.0)
-    assert ev.rechecked == ev.checked == 2 * len(data) and ev.precision_text == "int8 (100.0% fp32)"
-    raw, raw_post = run(model, data, ["center", "dense"], [72], precision="int8", recheck=0.0)
+def test_int8_recomputes_the_reported_results_that_are_near_ties(model, data):
+    # Where an image's reported result (a protocol over the scales) has a top-2 margin under `recheck`, fp32
+    # recomputes that protocol for the image at every scale: 1 takes every result, 0 none, and a margin between
+    # exactly the results whose int8 margin is that close; the others keep int8's posteriors.
+    protocols, scales = ["center", "multicrop"], [72, 90]
+    _, ref = run(model, data, protocols, scales)
+    raw, raw_post = run(model, data, protocols, scales, precision="int8", recheck=0.0)
     assert raw.rechecked == 0 and raw.precision_text == "int8"
-    for p in ("center", "dense"):
-        np.testing.assert_allclose(post.combine(p, [72]), ref.combine(p, [72]), atol=1e-5)
-        assert np.abs(raw_post.combine(p, [72]) - ref.combine(p, [72])).max() > 1e-4
+    assert max(np.abs(raw_post.probs[k] - ref.probs[k]).max() for k in ref.probs) > 1e-4
+    ev, post = run(model, data, protocols, scales, precision="int8", recheck=1.0)
+    assert ev.rechecked == ev.checked == 2 * len(data) and ev.precision_text == "int8 (100.0% fp32)"
+    for k in ref.probs:
+        np.testing.assert_allclose(post.probs[k], ref.probs[k], atol=1e-5)
+    margin = {}
+    for p in protocols:
+        top2 = np.sort(raw_post.combine(p, scales), 1)[:, -2:]
+        margin[p] = top2[:, 1] - top2[:, 0]
+    m = float(np.median(np.concatenate(list(margin.values()))))
+    ev, post = run(model, data, protocols, scales, precision="int8", recheck=m)
+    near = {p: margin[p] < m for p in protocols}
+    assert ev.checked == 2 * len(data) and 0 < ev.rechecked == sum(n.sum() for n in near.values()) < 2 * len(data)
+    for (p, q), got in post.probs.items():
+        np.testing.assert_allclose(got[near[p]], ref.probs[(p, q)][near[p]], atol=1e-5)
+        np.testing.assert_array_equal(got[~near[p]], raw_post.probs[(p, q)][~near[p]])
+
+
+def test_int8_predict_image_recomputes_a_near_tie(model, data):
+    img = Image.open(data.path(0)).convert("RGB")
+    want = predict_image(model, img, "dense+multicrop", [72, 90], precision="fp32")
+    ev = Evaluator(model, workers=0, precision="int8", progress=False, recheck=1.0)
+    ev.calibrate(data, 72)
+    torch.testing.assert_close(predict_image(model, img, "dense+multicrop", [72, 90], evaluator=ev), want,
+                               atol=1e-5, rtol=0)
+    assert ev.checked == ev.rechecked == 1
+    ev.recheck = 0.0
+    assert (predict_image(model, img, "dense+multicrop", [72, 90], evaluator=ev) - want).abs().max() > 1e-4
 
 
 def test_int8_calibrates_on_the_given_images(model, data):

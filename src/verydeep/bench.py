@@ -48,6 +48,8 @@ class BenchConfig(RunOptions):
     weights: list[str] = repeated()  # parity: trained verydeep weights (repeat for several nets)
     data: str | None = None        # parity: real images (a dataset folder; its test split when it has one)
     parity_images: int = 500       # parity: images compared
+    parity_protocols: list[str] = field(default_factory=lambda: ["center", "dense"])  # parity: at the net's Q
+    # (multicrop: 50 crops an image; int8 rechecks their mean)
     compile: bool = True           # also time the torch.compile'd chain (it compiles once per input size)
     load: int = 0                  # CPU-bound processes started beside the measurement (a shared host, a CI runner)
     json: str | None = None        # write every figure to this JSON file
@@ -66,6 +68,11 @@ class BenchConfig(RunOptions):
             raise ConfigError("--repeats, --batches and --train-batch must be at least 1")
         if self.load < 0:
             raise ConfigError("--load must be 0 or more")
+        from .evaluate import single_protocols
+
+        if not self.parity_protocols or set(self.parity_protocols) - set(single_protocols()):
+            raise ConfigError(f"--parity-protocols {','.join(self.parity_protocols)}: choose among "
+                              f"{', '.join(single_protocols())}")
 
 
 def _hog(stop) -> None:
@@ -444,10 +451,11 @@ def protocols(cfg: BenchConfig, model) -> list[dict]:
 
 def parity(cfg: BenchConfig) -> list[dict]:
     """Agreement of each precision with fp32 direct convolution on real images: top-1 labels and the largest
-    posterior difference, for centre crops and dense score maps at the net's own test scale (Q = S). "fp32" is the
-    default fp32 chain (Winograd convolutions on a CPU). int8 is calibrated as `evaluate` does it (a sample of the
-    data's train split when it has one, else of the compared images) and measured twice: as it runs in `evaluate`
-    (near-ties recomputed in fp32; the share recomputed is reported) and alone ("int8-raw")."""
+    posterior difference, for the --parity-protocols (centre crops and dense score maps by default) at the net's own
+    test scale (Q = S). "fp32" is the default fp32 chain (Winograd convolutions on a CPU). int8 is calibrated as
+    `evaluate` does it (a sample of the data's train split when it has one, else of the compared images) and
+    measured twice: as it runs in `evaluate` (near-ties recomputed in fp32; their share is reported) and alone
+    ("int8-raw")."""
     from .data import Subset, open_source
     from .evaluate import CALIBRATION_IMAGES, Evaluator
     from .weights import load
@@ -466,9 +474,9 @@ def parity(cfg: BenchConfig) -> list[dict]:
         evs["direct"].net = FastVGG(model, "fp32", cfg.device, winograd=False)
         for p in ("int8", "int8-raw"):
             evs[p].calibrate(cal, q)
-        post = {p: ev.run(src, ["center", "dense"], [q]) for p, ev in evs.items()}
+        post = {p: ev.run(src, cfg.parity_protocols, [q]) for p, ev in evs.items()}
         for p in ("fp32", "bf16", "int8", "int8-raw"):
-            for protocol in ("center", "dense"):
+            for protocol in cfg.parity_protocols:
                 a, b = post["direct"].combine(protocol, [q]), post[p].combine(protocol, [q])
                 ok = post["direct"].valid
                 rows.append({"section": "parity", "weights": str(w), "precision": p, "protocol": protocol,
@@ -484,8 +492,8 @@ def parity(cfg: BenchConfig) -> list[dict]:
                      "calibration_images": min(CALIBRATION_IMAGES, len(cal)),
                      "rechecked_share": ev.rechecked / max(ev.checked, 1)})
         print(f"parity {Path(w).parent.name or w:<14} int8: calibrated on {rows[-1]['calibration_images']} images "
-              f"of {cal.root}; {100 * rows[-1]['rechecked_share']:.1f}% of results recomputed in fp32 (top-2 "
-              f"margin < {ev.recheck})", flush=True)
+              f"of {cal.root}; {100 * rows[-1]['rechecked_share']:.1f}% of results (an image's protocol) "
+              f"recomputed in fp32 (top-2 margin < {ev.recheck})", flush=True)
     return rows
 
 

@@ -90,6 +90,11 @@ def parts(name: str) -> tuple[str, ...]:
     return protocol(name).base()
 
 
+def single_protocols() -> list[str]:
+    """Every registered protocol that is not a mean of others: what one evaluation pass computes."""
+    return [name for name, p in PROTOCOLS.items() if not p.parts]
+
+
 def center_view(big: torch.Tensor, crop: int) -> torch.Tensor:
     """The central CxC crop of a uint8 (3, H, W) image, as a batch of one."""
     h, w = big.shape[1:]
@@ -215,12 +220,14 @@ class Posteriors:
 # calibration source); measured on the miniature study's nets, 128 and 512 images agreed with fp32 equally (within
 # 0.4 points), so the cost of the eager fp32 calibration pass is kept small.
 CALIBRATION_IMAGES = 256
-# int8: a result whose top-2 posterior margin is below this is recomputed in fp32. The disagreements of int8 with fp32
-# are near-ties (on the study's nets every flipped image had a margin under 0.07, and 0.6% of test images have one
-# under 0.01, which any perturbation flips). Measured on seed 0's A, D and E (1,000 test images, `verydeep bench
-# --only parity`): int8 alone agreed on 98.5-99.6% of top-1 labels; rechecking margins under 0.05 (3-4% of results)
-# left E's centre crops at 99.2%, under 0.1 (7-8%) gave 99.6-100% everywhere. The all-8-bit chain (int8.py) alone:
-# 98.4-99.4% on A, D, E (99.4-99.7% on A-LRN); rechecked under 0.1 (5-8%), 99.7-100%.
+# int8: where an image's reported result has a top-2 posterior margin below this, fp32 recomputes it (Evaluator.run).
+# The disagreements of int8 with fp32 are near-ties (on the study's nets every flipped image had a margin under 0.07,
+# and 0.6% of test images have one under 0.01, which any perturbation flips). Measured on seed 0's A, D and E (1,000
+# test images, `verydeep bench --only parity`): int8 alone agreed on 98.5-99.6% of top-1 labels; rechecking margins
+# under 0.05 (3-4% of results) left E's centre crops at 99.2%, under 0.1 (7-8%) gave 99.6-100% everywhere. The
+# all-8-bit chain (int8.py) alone: 98.4-99.4% on A, D, E (99.4-99.7% on A-LRN); rechecked under 0.1 (5-8%),
+# 99.7-100%. At three scales (D and E of seed 0, dense and multi-crop at Q = 73, 110, 146, 1,000 test images):
+# every label int8 flipped had a margin under 0.055 in a one-scale result and under 0.03 in a three-scale mean.
 RECHECK_MARGIN = 0.1
 
 
@@ -238,13 +245,14 @@ class Evaluator:
         self.net = FastVGG(self.model, precision, self.device)
         self.precision = self.net.precision
         self.recheck = recheck if self.precision == "int8" else 0.0
-        self._exact = None              # the fp32 chain that rechecks near-ties of an int8 net
-        self.checked = self.rechecked = 0
+        self._exact: Evaluator | None = None  # the fp32 evaluator that recomputes near-ties of an int8 net
+        self.checked = self.rechecked = 0     # results (an image's protocol) checked for near-ties, and recomputed
         self.forward_images = 0  # images (crops or whole images) through the net, for cost accounting
 
     @property
     def precision_text(self) -> str:
-        """The precision as a table states it: int8 says how much of its output fp32 recomputed."""
+        """The precision as a table states it: int8 says how much fp32 recomputed (an image's protocol at every
+        scale is one result)."""
         if self.precision != "int8" or not self.recheck:
             return self.precision
         share = 100 * self.rechecked / max(self.checked, 1)
@@ -267,31 +275,57 @@ class Evaluator:
     def _prep(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.preprocess(images.to(self.device).float().div_(255.0))
 
-    def _recheck(self, p: torch.Tensor, exact: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """int8: posteriors whose top-2 margin is under `recheck` recomputed by `exact(rows)` in fp32."""
-        if not self.recheck or p.shape[1] < 2:
-            return p
-        top2 = p.topk(2, 1).values
-        rows = ((top2[:, 0] - top2[:, 1]) < self.recheck).nonzero().flatten()
-        self.checked += len(p)
-        if len(rows):
-            if self._exact is None:
-                from .fast import FastVGG
-
-                self._exact = FastVGG(self.model, "fp32", self.device)
-            p[rows] = exact(rows).to(p.dtype)
-            self.rechecked += len(rows)
-        return p
-
     def crops_posteriors(self, crops: torch.Tensor) -> torch.Tensor:
         """Soft-max posteriors of uint8 crops (M, 3, C, C), in batches."""
-        out = []
-        for j in range(0, len(crops), self.batch_size * 4):
-            x = self._prep(crops[j:j + self.batch_size * 4])
-            p = self.net(x).softmax(1)
-            out.append(self._recheck(p, lambda rows: self._exact(x[rows]).softmax(1)).cpu())
         self.forward_images += len(crops)
-        return torch.cat(out)
+        return torch.cat([self.net(self._prep(crops[j:j + self.batch_size * 4])).softmax(1).cpu()
+                          for j in range(0, len(crops), self.batch_size * 4)])
+
+    def views_posteriors(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """A crop protocol's result for each view set (one image at one scale: its uint8 crops (M, 3, C, C)): the
+        mean of the crops' posteriors."""
+        sizes = [len(v) for v in views]
+        return torch.stack([p.mean(0) for p in self.crops_posteriors(torch.cat(views)).split(sizes)])
+
+    def exact(self) -> "Evaluator":
+        """int8: the fp32 evaluator that recomputes near-ties (built on first use)."""
+        if self._exact is None:
+            self._exact = Evaluator(self.model, self.device, self.batch_size, self.workers, "fp32", progress=False)
+        return self._exact
+
+    def near_ties(self, probs: list[np.ndarray]) -> np.ndarray:
+        """Rows that are a near-tie (top-2 margin under `recheck`) in any of the given posteriors (N, classes)."""
+        near = np.zeros(len(probs[0]), bool)
+        for p in probs:
+            if self.recheck and p.shape[1] > 1:
+                top2 = np.partition(p, -2, axis=1)[:, -2:]
+                near |= (top2[:, 1] - top2[:, 0]) < self.recheck
+        return near
+
+    def _recheck(self, source: Source, post: Posteriors, base: list[str], scales: list[int],
+                 checks: list[tuple[str, list[int]]]) -> None:
+        """int8: where a reported result (a protocol over scales: `checks`) of an image is a near-tie, the single
+        protocols it averages are computed again for that image in fp32, at every scale, so the label it reports is
+        fp32's. Only a reported result's label matters, and the results behind a three-scale mean (each scale, each
+        of 150 crops) are near-ties far more often than the mean (a 64 crop of a 146 image is often unsure):
+        checking each of them recomputed 26% of a jittered D's three-scale dense and multi-crop results in fp32,
+        checking the reported rows about a fifth (BENCHMARKS.md)."""
+        from .data import Subset
+
+        near = {b: np.zeros(len(post.labels), bool) for b in base}
+        for protocol, qs in checks:
+            tie = self.near_ties([post.combine(protocol, qs)]) & post.valid
+            for b in parts(protocol):
+                near[b] |= tie
+        self.checked += int(post.valid.sum()) * len(base)
+        for b, rows in near.items():
+            idx = np.flatnonzero(rows)
+            if len(idx):
+                again = self.exact().run(Subset(source, idx, "int8 near-ties"), [b], scales)
+                idx, ok = idx[again.valid], again.valid
+                for q in scales:
+                    post.probs[(b, q)][idx] = again.probs[(b, q)][ok]
+                self.rechecked += len(idx)
 
     @staticmethod
     def _dense(net, x: torch.Tensor) -> torch.Tensor:
@@ -300,14 +334,15 @@ class Evaluator:
 
     def dense_posteriors(self, images: torch.Tensor) -> torch.Tensor:
         """Section 3: score map averaged spatially, soft-max, flip-averaged; images (N, 3, H, W) of one size."""
-        x = self._prep(images)
-        p = self._recheck(self._dense(self.net, x), lambda rows: self._dense(self._exact, x[rows]))
         self.forward_images += 2 * len(images)
-        return p.cpu()
+        return self._dense(self.net, self._prep(images)).cpu()
 
-    def run(self, source: Source, protocols: list[str], scales: list[int]) -> Posteriors:
-        """Posteriors of every image for the single protocols the given ones need, at every scale. The progress
-        bar counts finished results, so it reaches the end when the work does."""
+    def run(self, source: Source, protocols: list[str], scales: list[int],
+            checks: list[tuple[str, list[int]]] | None = None) -> Posteriors:
+        """Posteriors of every image for the single protocols the given ones need, at every scale. int8: where an
+        image's result is a near-tie, fp32 recomputes what it averages; the results checked are `checks` (protocol,
+        scales), by default each protocol over all the scales (what a table reports). The progress bar counts
+        finished results, so it reaches the end when the work does."""
         from tqdm import tqdm
 
         if self.precision == "int8" and not self.net.calibrated:
@@ -341,11 +376,9 @@ class Evaluator:
         def flush_crops(force=False):
             if not pending or (not force and sum(len(c) for *_, c in pending) < self.batch_size * 4):
                 return
-            p = self.crops_posteriors(torch.cat([c for *_, c in pending]))
-            k = 0
-            for i, q, proto, c in pending:
-                probs[(proto, q)][i] = p[k:k + len(c)].mean(0).numpy()
-                k += len(c)
+            p = self.views_posteriors([c for *_, c in pending]).numpy()
+            for (i, q, proto, _), row in zip(pending, p):
+                probs[(proto, q)][i] = row
             bar.update(len(pending))
             pending.clear()
 
@@ -377,10 +410,13 @@ class Evaluator:
             flush_dense(key, force=True)
         flush_crops(force=True)
         bar.close()
-        self.seconds = time.perf_counter() - t0
         if skipped:
             log.warning("%d of %d images unusable: excluded from the measures", len(skipped), n)
-        return Posteriors(labels, probs, valid, paths)
+        post = Posteriors(labels, probs, valid, paths)
+        if self.recheck:
+            self._recheck(source, post, base, scales, checks or [(p, scales) for p in protocols])
+        self.seconds = time.perf_counter() - t0
+        return post
 
 
 # --------------------------------------------------------------------------------------------------- measures
@@ -475,12 +511,22 @@ def format_table(rows: list[Row], fmt: str = "text") -> str:
 def predict_image(model: VGG, img: Image.Image, protocol_name: str = "dense", scales: list[int] | None = None,
                   precision: object = "auto", evaluator: Evaluator | None = None) -> torch.Tensor:
     """Soft-max posteriors (classes,) for one RGB image under a protocol, averaged over scales. Pass an
-    `evaluator` to reuse its prepared net over many images."""
+    `evaluator` to reuse its prepared net over many images. int8: a near-tie is recomputed in fp32."""
     base = parts(protocol_name)
     crop = model.config.crop_size
     scales = scales or [paper.default_test_scale(crop)]
     ev = evaluator or Evaluator(model, next(model.parameters()).device, batch_size=16, workers=0,
                                 precision=precision, progress=False)
+    p = _predict(ev, img, base, scales, crop)
+    if ev.recheck:
+        ev.checked += 1
+        if ev.near_ties([p[None].numpy()])[0]:
+            ev.rechecked += 1
+            return _predict(ev.exact(), img, base, scales, crop)
+    return p
+
+
+def _predict(ev: Evaluator, img: Image.Image, base: tuple[str, ...], scales: list[int], crop: int) -> torch.Tensor:
     out = []
     for q in scales:
         if q < crop:
@@ -490,7 +536,7 @@ def predict_image(model: VGG, img: Image.Image, protocol_name: str = "dense", sc
             if PROTOCOLS[name].dense:
                 out.append(ev.dense_posteriors(big[None])[0])
             else:
-                out.append(ev.crops_posteriors(PROTOCOLS[name].views(big, crop)).mean(0))
+                out.append(ev.views_posteriors([PROTOCOLS[name].views(big, crop)])[0])
     return torch.stack(out).view(len(scales), len(base), -1).mean((0, 1))
 
 
@@ -598,7 +644,8 @@ def run(cfg: EvalConfig) -> list[Row]:
             cal = calibration_source(cfg) or source
             ev.calibrate(cal, min(scales))
             print(f"int8: calibrated on {min(CALIBRATION_IMAGES, len(cal))} images of {cal.root}")
-        post = ev.run(source, protocols, scales)
+        per_scale = [(p, [q]) for p in protocols for q in scales] if cfg.per_scale and len(scales) > 1 else []
+        post = ev.run(source, protocols, scales, [(p, scales) for p in protocols] + per_scale)  # the rows below
         name = net_name(model, w)
         names.append(name)
         per_image = ev.seconds / max(int(post.valid.sum()), 1) if len(protocols) == 1 else None

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import paper
 from .errors import ConfigError, UserError
-from .evaluate import PROTOCOLS
+from .evaluate import PROTOCOLS, single_protocols
 from .utils import atomic_write
 
 
@@ -154,11 +154,6 @@ def measure_precision(net: str = "D", crop: int = 64, width: float = 0.25, fc_wi
         seen[name] = batch / statistics.median(times)
     best = max(seen, key=seen.get)
     return best, ", ".join(f"{k} {v:.0f} img/s" for k, v in seen.items())
-
-
-def single_protocols() -> list[str]:
-    """Every registered protocol that is not a mean of others: what one evaluation pass computes."""
-    return [name for name, p in PROTOCOLS.items() if not p.parts]
 
 
 def records_of(run_dir: Path) -> list[dict]:
