@@ -293,14 +293,12 @@ class Evaluator:
             self._exact = Evaluator(self.model, self.device, self.batch_size, self.workers, "fp32", progress=False)
         return self._exact
 
-    def near_ties(self, probs: list[np.ndarray]) -> np.ndarray:
-        """Rows that are a near-tie (top-2 margin under `recheck`) in any of the given posteriors (N, classes)."""
-        near = np.zeros(len(probs[0]), bool)
-        for p in probs:
-            if self.recheck and p.shape[1] > 1:
-                top2 = np.partition(p, -2, axis=1)[:, -2:]
-                near |= (top2[:, 1] - top2[:, 0]) < self.recheck
-        return near
+    def near_ties(self, probs: np.ndarray) -> np.ndarray:
+        """The rows of posteriors (N, classes) that are a near-tie: a top-2 margin under `recheck`."""
+        if not self.recheck or probs.shape[1] < 2:
+            return np.zeros(len(probs), bool)
+        top2 = np.partition(probs, -2, axis=1)[:, -2:]
+        return (top2[:, 1] - top2[:, 0]) < self.recheck
 
     def _recheck(self, source: Source, post: Posteriors, base: list[str], scales: list[int],
                  checks: list[tuple[str, list[int]]]) -> None:
@@ -309,12 +307,12 @@ class Evaluator:
         fp32's. Only a reported result's label matters, and the results behind a three-scale mean (each scale, each
         of 150 crops) are near-ties far more often than the mean (a 64 crop of a 146 image is often unsure):
         checking each of them recomputed 26% of a jittered D's three-scale dense and multi-crop results in fp32,
-        checking the reported rows about a fifth (BENCHMARKS.md)."""
+        checking the reported rows 15-17% (BENCHMARKS.md)."""
         from .data import Subset
 
         near = {b: np.zeros(len(post.labels), bool) for b in base}
         for protocol, qs in checks:
-            tie = self.near_ties([post.combine(protocol, qs)]) & post.valid
+            tie = self.near_ties(post.combine(protocol, qs)) & post.valid
             for b in parts(protocol):
                 near[b] |= tie
         self.checked += int(post.valid.sum()) * len(base)
@@ -520,7 +518,7 @@ def predict_image(model: VGG, img: Image.Image, protocol_name: str = "dense", sc
     p = _predict(ev, img, base, scales, crop)
     if ev.recheck:
         ev.checked += 1
-        if ev.near_ties([p[None].numpy()])[0]:
+        if ev.near_ties(p[None].numpy())[0]:
             ev.rechecked += 1
             return _predict(ev.exact(), img, base, scales, crop)
     return p
