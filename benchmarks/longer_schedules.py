@@ -31,7 +31,8 @@ def main() -> None:
     from verydeep.train import TrainConfig, train
     from verydeep.weights import load
 
-    given = json.loads((Path(a.study) / "results.json").read_text())["config"]
+    done = Path(a.study) / "results.json"  # a stopped study has none: its runs are checked against the defaults
+    given = json.loads(done.read_text())["config"] if done.is_file() else {}
     study = Study(StudyConfig(**{**given, "out": a.study}))
     seeds, nets = [int(s) for s in a.seeds.split(",")], a.nets.split(",")
 
