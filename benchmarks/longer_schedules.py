@@ -8,7 +8,8 @@ the nets initialised from A) stop D and E before their schedule ends; this shows
 Each longer run is `verydeep train --config STUDY/runs/NET-sS/config.json --max-epochs N --run-dir
 STUDY/longer/NET-sS` (a run's config.json is a config file); a finished one is reused. Prints per seed the top-1 error of
 A, of each net as the study trained it and with its schedule ended, and the paired effects with the study's verdict
-rule (report.verdict: 2 standard errors over seeds)."""
+rule (report.verdict: 2 standard errors over seeds); then the nets against each other, every schedule ended, in the
+order given (positive: the later net better, the paper's direction for C, D, E in that order)."""
 from __future__ import annotations
 
 import argparse
@@ -67,6 +68,12 @@ def main() -> None:
                            (f"err({net}) - err({net}, schedule ended)", net, f"{net} ended")):
             m, s, n = paired({k: (v,) for k, v in err[x].items()}, {k: (v,) for k, v in err[y].items()})
             print(f"  {what:<48} {m:+.2f} ± {s:.2f}  ({n} seeds)  {verdict(m, s, n, +1)}")
+    for i, x in enumerate(nets):  # the nets against each other, every schedule ended (C vs D: Table 3's 1x1 row)
+        for y in nets[i + 1:]:
+            m, s, n = paired({k: (v,) for k, v in err[f"{x} ended"].items()},
+                             {k: (v,) for k, v in err[f"{y} ended"].items()})
+            print(f"  {f'err({x}) - err({y}), both ended':<48} {m:+.2f} ± {s:.2f}  ({n} seeds)  "
+                  f"{verdict(m, s, n, +1)} (positive: {y} better)")
 
 
 if __name__ == "__main__":

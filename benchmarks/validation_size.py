@@ -1,0 +1,98 @@
+"""Is the learning-rate schedule deciding on noise? Nets of a finished study trained again until their schedule ends,
+`--repeats` times each, validated on the study's own 1,000 validation images and on a larger validation folder
+(`--val`: another split of the same Fashion-MNIST training items, disjoint from the training images, e.g. `verydeep
+data mini-ilsvrc runs/val5k --train-per-class 2000 --val-per-class 500 --test-per-class 10`, whose train/ is
+identical to the study's); each run's test error (dense, one scale, the study's test subset) and where its rate fell.
+
+    python benchmarks/validation_size.py --study runs/study --val runs/val5k/val --nets D --seeds 0,1 --repeats 2
+
+The schedule (schedule.PlateauSchedule, the paper's section 3.1) divides the rate after `patience` epochs without a
+new best validation accuracy; with 1,000 images an epoch's error has a standard error of about 1.3 points, so two
+unlucky epochs during the descent can end the fast phase early. Each run is `verydeep train --config
+STUDY/runs/NET-sS/config.json --max-epochs N --run-dir STUDY/valsize/NET-sS-vV-rK --seed S+100K [--val VAL]`:
+repeat K of seed S starts from the same net A as the study's run and trains on another stream (order, crops,
+dropout); repeat 0 is the study's own stream, which at one thread retraces the study's run exactly through its
+cap. Runs go two at a time, one thread each, as the study runs its tasks (jobs.run_tasks); a finished one is
+reused."""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from functools import partial
+from pathlib import Path
+
+
+def train_one(max_epochs: int, task) -> None:
+    """One jobs.run_tasks task (in a worker process): a study run's config trained again into a new folder."""
+    from verydeep.config import build as build_config
+    from verydeep.train import TrainConfig, train
+
+    config, run_dir, val, seed = task.args
+    given = {"max_epochs": max_epochs, "run_dir": run_dir, "resume": Path(run_dir).exists(), "progress": False,
+             "seed": seed}
+    if val:
+        given["val"] = val
+    train(build_config(TrainConfig, given, config))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", default="runs/study")
+    ap.add_argument("--val", required=True, help="a larger validation folder (class subfolders of images)")
+    ap.add_argument("--nets", default="D")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--max-epochs", type=int, default=60)
+    ap.add_argument("--jobs", type=int, default=2)
+    a = ap.parse_args()
+    from verydeep.evaluate import Evaluator
+    from verydeep.jobs import Task, run_tasks
+    from verydeep.reproduce import Study, StudyConfig, records_of
+    from verydeep.weights import load
+
+    done = Path(a.study) / "results.json"  # a stopped study has none: its runs are checked against the defaults
+    given = json.loads(done.read_text())["config"] if done.is_file() else {}
+    study = Study(StudyConfig(**{**given, "out": a.study}))
+    seeds, nets = [int(s) for s in a.seeds.split(",")], a.nets.split(",")
+    n_val = sum(1 for p in Path(a.val).rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    runs: dict = {}  # (net, seed, val images, repeat) -> run folder
+    tasks: dict = {}
+    for net in nets:
+        for seed in seeds:
+            config = study.run_dir(net, seed) / "config.json"
+            for val, size in ((None, 1000), (a.val, n_val)):
+                for k in range(a.repeats):
+                    run = Path(a.study) / "valsize" / f"{net}-s{seed}-v{size}-r{k}"
+                    runs[(net, seed, size, k)] = run
+                    if not (run / "model.safetensors").is_file():  # repeat k: the same net A, another stream
+                        tasks[("train", net, f"v{size}", k, seed)] = Task("train", (str(config), str(run), val,
+                                                                                    seed + 100 * k))
+    if tasks:
+        run_tasks(tasks, partial(train_one, a.max_epochs), a.jobs, Path(a.study) / "valsize" / "logs")
+
+    def error(name: str, weights: Path) -> float:
+        q = study.single_q(name)
+        post = Evaluator(load(weights), batch_size=64, workers=study.cfg.workers, precision=study.precision,
+                         progress=False).run(study.test_source(), ["dense"], q)
+        return study.err(post, "dense", q)[0]
+
+    rows: dict = {}
+    print(f"top-1 error %, dense at one scale, {study.cfg.test_images} test images; each net's schedule ended "
+          f"(cap {a.max_epochs} epochs)")
+    for (net, seed, size, k), run in runs.items():
+        recs = records_of(run)
+        decays = [r["epoch"] for r in recs if r.get("schedule") == "decay"]
+        err = error(net, run / "model.safetensors")
+        rows.setdefault((net, size), []).append(err)
+        print(f"{net} seed {seed}, {size:>5} validation images, repeat {k}: {err:6.2f}%  ({len(recs)} epochs, rate "
+              f"divided at epochs {decays}, {recs[-1].get('schedule')})", flush=True)
+    for (net, size), errs in rows.items():
+        sd = statistics.stdev(errs) if len(errs) > 1 else float("nan")
+        print(f"{net}, {size:>5} validation images: mean {statistics.mean(errs):.2f}%, std over runs {sd:.2f}, "
+              f"range {min(errs):.2f}-{max(errs):.2f} ({len(errs)} runs)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
