@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +38,10 @@ def main() -> None:
     a = ap.parse_args()
     from verydeep import paper
     from verydeep.evaluate import Evaluator, Posteriors
-    from verydeep.reproduce import Study, StudyConfig
+    from verydeep.reproduce import Study
     from verydeep.weights import load
 
-    done = Path(a.study) / "results.json"  # a stopped study has none: its runs are checked against the defaults
-    given = json.loads(done.read_text())["config"] if done.is_file() else {}
-    study = Study(StudyConfig(**{**given, "out": a.study}))
+    study = Study.open(a.study)
     seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else study.cfg.seeds
     q3 = paper.multi_scales(study.cfg.crop)
     posts = {(name, s, s): study.posteriors(name, s) for name in a.nets.split(",") for s in seeds}  # cached

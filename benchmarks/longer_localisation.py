@@ -11,8 +11,6 @@ test subset, ground-truth class; the verdict is report.verdict's (2 standard err
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 
 def main() -> None:
@@ -23,10 +21,9 @@ def main() -> None:
     ap.add_argument("--layers", default="fc", choices=("fc", "all"))
     a = ap.parse_args()
     from verydeep.report import paired, verdict
-    from verydeep.reproduce import Study, StudyConfig
+    from verydeep.reproduce import Study
 
-    given = json.loads((Path(a.study) / "results.json").read_text())["config"]
-    study = Study(StudyConfig(**{**given, "out": a.study}))
+    study = Study.open(a.study)
     seeds, lengths = [int(s) for s in a.seeds.split(",")], [int(e) for e in a.epochs.split(",")]
     err = {(m, e): {s: 100 * study.localise(s, m, a.layers, e) for s in seeds} for e in lengths for m in ("scr", "pcr")}
     print(f"{a.study}: localisation error % (centre crop, ground-truth class), layers {a.layers}, seeds {seeds}")

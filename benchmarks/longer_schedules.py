@@ -13,7 +13,6 @@ order given (positive: the later net better, the paper's direction for C, D, E i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,26 +25,16 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=60)
     a = ap.parse_args()
     from verydeep.config import build as build_config
-    from verydeep.evaluate import Evaluator
-    from verydeep.reproduce import Study, StudyConfig, records_of
+    from verydeep.reproduce import Study, records_of
     from verydeep.report import paired, verdict
     from verydeep.train import TrainConfig, train
-    from verydeep.weights import load
 
-    done = Path(a.study) / "results.json"  # a stopped study has none: its runs are checked against the defaults
-    given = json.loads(done.read_text())["config"] if done.is_file() else {}
-    study = Study(StudyConfig(**{**given, "out": a.study}))
+    study = Study.open(a.study)
     seeds, nets = [int(s) for s in a.seeds.split(",")], a.nets.split(",")
-
-    def error(name: str, weights: Path) -> float:
-        q = study.single_q(name)
-        post = Evaluator(load(weights), batch_size=64, workers=study.cfg.workers, precision=study.precision,
-                         progress=False).run(study.test_source(), ["dense"], q)
-        return study.err(post, "dense", q)[0]
 
     err: dict = {}
     for seed in seeds:
-        err.setdefault("A", {})[seed] = error("A", study.train("A", seed))
+        err.setdefault("A", {})[seed] = study.dense_error("A", study.train("A", seed))
         for net in nets:
             run = study.run_dir(net, seed)
             longer = Path(a.study) / "longer" / run.name
@@ -55,8 +44,8 @@ def main() -> None:
                                    run / "config.json")
                 train(cfg)
             recs = records_of(longer)
-            err.setdefault(net, {})[seed] = error(net, run / "model.safetensors")
-            err.setdefault(f"{net} ended", {})[seed] = error(net, longer / "model.safetensors")
+            err.setdefault(net, {})[seed] = study.dense_error(net, run / "model.safetensors")
+            err.setdefault(f"{net} ended", {})[seed] = study.dense_error(net, longer / "model.safetensors")
             print(f"seed {seed}: A {err['A'][seed]:.2f}%  {net} {err[net][seed]:.2f}% "
                   f"({len(records_of(run))} epochs)  {net} ended {err[f'{net} ended'][seed]:.2f}% ({len(recs)} "
                   f"epochs, {sum(r.get('schedule') == 'decay' for r in recs)} decays)", flush=True)

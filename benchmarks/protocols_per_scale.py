@@ -10,8 +10,6 @@ average, so the combined ranking follows the scales where a protocol is confiden
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 
@@ -25,10 +23,9 @@ def main() -> None:
     from verydeep import paper
     from verydeep.evaluate import topk_error
     from verydeep.report import paired, verdict
-    from verydeep.reproduce import Study, StudyConfig
+    from verydeep.reproduce import Study
 
-    given = json.loads((Path(a.study) / "results.json").read_text())["config"]
-    study = Study(StudyConfig(**{**given, "out": a.study}))
+    study = Study.open(a.study)
     seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else study.cfg.seeds
     q3 = paper.multi_scales(study.cfg.crop)
     print(f"{a.study}: seeds {seeds}; top-1 error %, mean over seeds; dense - multi-crop paired over seeds "

@@ -17,7 +17,6 @@ reused."""
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from functools import partial
@@ -47,14 +46,10 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=60)
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args()
-    from verydeep.evaluate import Evaluator
     from verydeep.jobs import Task, run_tasks
-    from verydeep.reproduce import Study, StudyConfig, records_of
-    from verydeep.weights import load
+    from verydeep.reproduce import Study, records_of
 
-    done = Path(a.study) / "results.json"  # a stopped study has none: its runs are checked against the defaults
-    given = json.loads(done.read_text())["config"] if done.is_file() else {}
-    study = Study(StudyConfig(**{**given, "out": a.study}))
+    study = Study.open(a.study)
     seeds, nets = [int(s) for s in a.seeds.split(",")], a.nets.split(",")
     n_val = sum(1 for p in Path(a.val).rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     runs: dict = {}  # (net, seed, val images, repeat) -> run folder
@@ -72,19 +67,13 @@ def main() -> None:
     if tasks:
         run_tasks(tasks, partial(train_one, a.max_epochs), a.jobs, Path(a.study) / "valsize" / "logs")
 
-    def error(name: str, weights: Path) -> float:
-        q = study.single_q(name)
-        post = Evaluator(load(weights), batch_size=64, workers=study.cfg.workers, precision=study.precision,
-                         progress=False).run(study.test_source(), ["dense"], q)
-        return study.err(post, "dense", q)[0]
-
     rows: dict = {}
     print(f"top-1 error %, dense at one scale, {study.cfg.test_images} test images; each net's schedule ended "
           f"(cap {a.max_epochs} epochs)")
     for (net, seed, size, k), run in runs.items():
         recs = records_of(run)
         decays = [r["epoch"] for r in recs if r.get("schedule") == "decay"]
-        err = error(net, run / "model.safetensors")
+        err = study.dense_error(net, run / "model.safetensors")
         rows.setdefault((net, size), []).append(err)
         print(f"{net} seed {seed}, {size:>5} validation images, repeat {k}: {err:6.2f}%  ({len(recs)} epochs, rate "
               f"divided at epochs {decays}, {recs[-1].get('schedule')})", flush=True)

@@ -117,6 +117,12 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
     # the recipe and each net's schedule are in the report
     assert "## The recipe" in text and "| dropout | 0.5 on fc6, fc7 | 0.5 |" in text
     assert study.schedule("D", 0)["epochs"] == 1 and "| D | from A | 1 |" in text
+    # the benchmarks open a study folder as its run left it, and score other weights by Table 3's protocol
+    opened = R.Study.open(cfg.out)
+    assert opened.cfg == study.cfg
+    table3 = study.err(study.posteriors("D", 0), "dense", study.single_q("D"))[0]
+    assert opened.dense_error("D", study.run_dir("D", 0) / "model.safetensors") == pytest.approx(table3)
+    assert R.Study.open(tmp_path / "stopped").cfg == R.StudyConfig(out=str(tmp_path / "stopped"))  # no results.json
     before = (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime
     R.Study(cfg).run()  # cached: nothing retrained
     assert (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime == before

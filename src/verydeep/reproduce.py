@@ -178,6 +178,14 @@ class Study:
         self.names = QUICK_RUNS if cfg.quick else list(self.runs)
         self.t0 = time.perf_counter()
 
+    @classmethod
+    def open(cls, folder: str | Path) -> "Study":
+        """A study folder as its run left it, for the benchmarks that read one: the settings of its results.json,
+        or, for a study stopped before it wrote one, the defaults (its runs are checked against them)."""
+        done = Path(folder) / "results.json"
+        given = json.loads(done.read_text())["config"] if done.is_file() else {}
+        return cls(StudyConfig(**{**given, "out": str(folder)}))
+
     def log(self, msg: str) -> None:
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {msg}", flush=True)
 
@@ -348,6 +356,17 @@ class Study:
         post = ev.run(self.test_source(), protocols, scales)
         post.save(path)
         return post
+
+    def dense_error(self, name: str, weights: Path) -> float:
+        """Top-1 error % of other weights for net `name` (a run trained again), by Table 3's protocol: dense at the
+        net's one test scale, on the study's test subset; not cached."""
+        from .evaluate import Evaluator
+        from .weights import load
+
+        q = self.single_q(name)
+        post = Evaluator(load(weights), batch_size=64, workers=self.cfg.workers, precision=self.precision,
+                         progress=False).run(self.test_source(), ["dense"], q)
+        return self.err(post, "dense", q)[0]
 
     def eval_path(self, name: str, seed: int, precision: str | None = None) -> tuple[Path, list[str], list[int]]:
         """Where a net's evaluation is cached, and what it computes (the protocols, the scales)."""
