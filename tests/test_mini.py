@@ -61,6 +61,29 @@ def test_a_larger_test_split_leaves_training_and_validation_images_as_they_were(
     assert len(list((tmp_path / "b" / "test").rglob("*.JPEG"))) == 40
 
 
+def test_a_larger_validation_split_leaves_training_and_test_images_as_they_were(tmp_path):
+    # the study validates on more images than it once did (the plateau rule decided on noise): its test split, which
+    # every table is measured on, must not move with it
+    from dataclasses import replace
+
+    build(tmp_path / "a", SMALL, fake_arrays(), workers=1, progress=False)
+    build(tmp_path / "b", replace(SMALL, val_per_class=5), fake_arrays(), workers=1, progress=False)
+    for split in ("train", "test"):
+        assert digest(tmp_path / "a" / split) == digest(tmp_path / "b" / split)
+    assert len(list((tmp_path / "b" / "val").rglob("*.JPEG"))) == 50
+
+
+def test_a_folder_drawn_by_an_earlier_builder_is_not_reused(tmp_path):
+    import json
+
+    build(tmp_path / "m", SMALL, fake_arrays(), workers=1, progress=False)
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    del manifest["builder"]  # as version 1 wrote it: its test split was drawn otherwise
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Exception, match="an earlier version of verydeep"):
+        build(tmp_path / "m", SMALL, fake_arrays(), progress=False)
+
+
 def test_boxes_are_tight_and_inside_the_canvas(tmp_path):
     build(tmp_path / "m", SMALL, fake_arrays(), workers=1, progress=False)
     for xml in (tmp_path / "m").rglob("*.xml"):

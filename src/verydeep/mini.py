@@ -19,6 +19,11 @@ from PIL import Image
 from .config import positional
 from .errors import UserError
 
+# How items are drawn, recorded in the manifest: a folder written by another version of the draw is not reused.
+# 2: the test items have a random stream of their own, so that the validation split's size does not move the test
+# split (1 drew them after the validation items: 1,000 or 5,000 validation images rendered two different test sets).
+BUILDER = 2
+
 CLASS_DIRS = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
 
 
@@ -113,9 +118,11 @@ def build(out: str | os.PathLike, cfg: MiniConfig = MiniConfig(), arrays=None, w
     if out.exists() and any(out.iterdir()):
         if not (out / "manifest.json").is_file():
             raise UserError(f"{out}: exists and is not a mini-ILSVRC folder; choose an empty one")
-        if json.loads((out / "manifest.json").read_text()).get("config") == asdict(cfg):
-            return json.loads((out / "manifest.json").read_text())  # already built with these settings
-        raise UserError(f"{out}: holds a mini-ILSVRC built with other settings; choose another folder")
+        there = json.loads((out / "manifest.json").read_text())
+        if there.get("config") == asdict(cfg) and there.get("builder", 1) == BUILDER:
+            return there  # already built with these settings
+        why = "other settings" if there.get("config") != asdict(cfg) else "an earlier version of verydeep"
+        raise UserError(f"{out}: holds a mini-ILSVRC built with {why}; choose another folder")
     if arrays is None:
         (tr_x, tr_y), (te_x, te_y) = load_arrays("train"), load_arrays("test")
     else:
@@ -123,7 +130,7 @@ def build(out: str | os.PathLike, cfg: MiniConfig = MiniConfig(), arrays=None, w
     rng = np.random.default_rng((cfg.seed, 0xF00D))
     train = _split_items(tr_y, cfg.train_per_class, rng)
     val = _split_items(tr_y, cfg.val_per_class, rng, exclude={i for i, _ in train})
-    test = _split_items(te_y, cfg.test_per_class, rng)
+    test = _split_items(te_y, cfg.test_per_class, np.random.default_rng((cfg.seed, 0xF00D, 2)))
     for split in ("train", "val", "test"):
         for c in CLASS_DIRS:
             (out / split / c).mkdir(parents=True, exist_ok=True)
@@ -145,7 +152,7 @@ def build(out: str | os.PathLike, cfg: MiniConfig = MiniConfig(), arrays=None, w
         else:
             for job in jobs:
                 bar.update(_job(job))
-    manifest = {"config": asdict(cfg), "classes": CLASS_DIRS, "counts": {"train": len(train), "val": len(val),
+    manifest = {"config": asdict(cfg), "builder": BUILDER, "classes": CLASS_DIRS, "counts": {"train": len(train), "val": len(val),
                                                                           "test": len(test)},
                 "items": {"train": [i for i, _ in train], "val": [i for i, _ in val], "test": [i for i, _ in test]}}
     (out / "manifest.json").write_text(json.dumps(manifest))
