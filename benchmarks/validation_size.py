@@ -1,5 +1,6 @@
 """Is the learning-rate schedule deciding on noise? Nets of a finished study trained again until their schedule ends,
-`--repeats` times each, validated on the study's own 1,000 validation images and on a larger validation folder
+`--repeats` times each, validated on the study's own validation images (1,000 in a study built before 1a11bee,
+5,000 since) and on another validation folder
 (`--val`: another split of the same Fashion-MNIST training items, disjoint from the training images, e.g. `verydeep
 data mini-ilsvrc runs/val5k --train-per-class 2000 --val-per-class 500 --test-per-class 10`, whose train/ is
 identical to the study's); each run's test error (dense, one scale, the study's test subset) and where its rate fell.
@@ -51,13 +52,17 @@ def main() -> None:
 
     study = Study.open(a.study)
     seeds, nets = [int(s) for s in a.seeds.split(",")], a.nets.split(",")
-    n_val = sum(1 for p in Path(a.val).rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    count = lambda folder: sum(1 for p in Path(folder).rglob("*")  # noqa: E731
+                               if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    own, n_val = count(study.data / "val"), count(a.val)
+    if own == n_val:
+        sys.exit(f"{a.val}: as many images as the study's own validation split ({own}); pass one of another size")
     runs: dict = {}  # (net, seed, val images, repeat) -> run folder
     tasks: dict = {}
     for net in nets:
         for seed in seeds:
             config = study.run_dir(net, seed) / "config.json"
-            for val, size in ((None, 1000), (a.val, n_val)):
+            for val, size in ((None, own), (a.val, n_val)):
                 for k in range(a.repeats):
                     run = Path(a.study) / "valsize" / f"{net}-s{seed}-v{size}-r{k}"
                     runs[(net, seed, size, k)] = run
