@@ -152,8 +152,8 @@ def build(out: str | os.PathLike, cfg: MiniConfig = MiniConfig(), arrays=None, w
         else:
             for job in jobs:
                 bar.update(_job(job))
-    manifest = {"config": asdict(cfg), "builder": BUILDER, "classes": CLASS_DIRS, "counts": {"train": len(train), "val": len(val),
-                                                                          "test": len(test)},
+    manifest = {"config": asdict(cfg), "builder": BUILDER, "classes": CLASS_DIRS,
+                "counts": {"train": len(train), "val": len(val), "test": len(test)},
                 "items": {"train": [i for i, _ in train], "val": [i for i, _ in val], "test": [i for i, _ in test]}}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return manifest

@@ -155,7 +155,8 @@ def recipe_lines(study) -> list[str]:
         ("FC width", "4096", str(cfg.fc_width)),
         ("data", "ILSVRC-2012: 1.3M images, 1000 classes",
          f"mini-ILSVRC: {10 * cfg.train_per_class:,} training images, 10 classes (Fashion-MNIST objects on cluttered "
-         f"canvases); validation: {10 * cfg.val_per_class:,} images; test: {cfg.test_images:,} of {10 * cfg.test_per_class:,} rendered test images (a seeded subset)"),
+         f"canvases); validation: {10 * cfg.val_per_class:,} images; test: {cfg.test_images:,} of "
+         f"{10 * cfg.test_per_class:,} rendered test images (a seeded subset)"),
         ("initialisation", "A: N(0, 0.01); deeper nets: A's first 4 conv + 3 FC layers",
          "A: the same (the std scaled to the narrow layers' fan-in, exactly 0.01 at the paper's widths); deeper nets: "
          "A's layers, the others Glorot (N(0, 0.01) left D at chance at this width); B and shallow B both from scratch, "
