@@ -47,14 +47,13 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=60)
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args()
+    from verydeep.data import open_source
     from verydeep.jobs import Task, run_tasks
     from verydeep.reproduce import Study, records_of
 
     study = Study.open(a.study)
     seeds, nets = [int(s) for s in a.seeds.split(",")], a.nets.split(",")
-    count = lambda folder: sum(1 for p in Path(folder).rglob("*")  # noqa: E731
-                               if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-    own, n_val = count(study.data / "val"), count(a.val)
+    own, n_val = len(open_source(study.data, split="val")), len(open_source(a.val))
     if own == n_val:
         sys.exit(f"{a.val}: as many images as the study's own validation split ({own}); pass one of another size")
     runs: dict = {}  # (net, seed, val images, repeat) -> run folder
