@@ -1,5 +1,6 @@
 """The miniature ILSVRC (determinism, tight boxes inside the canvas, disjoint splits) and the study runner."""
 import hashlib
+import json
 import xml.etree.ElementTree as ET
 from functools import partial
 from pathlib import Path
@@ -123,7 +124,7 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
           fake_arrays(per_class_train=12), workers=1, progress=False)
     cfg = R.StudyConfig(out=str(tmp_path / "study"), data=str(data), seeds=[0], crop=32, width=1 / 8, fc_width=32,
                         batch_size=8, max_epochs=1, init_epochs=1, finetune_epochs=1, test_images=20, workers=0, precision="fp32",
-                        quick=True, restarts=0, init_restarts=0)
+                        quick=True, restarts=0, init_restarts=0, final_decay=2)
     study = R.Study(cfg)
     cells = study.run()
     assert set(cells) == {"t3", "t4", "t5"} and set(cells["t3"]) == {"A", "D"}
@@ -131,13 +132,17 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
     assert "Table 3" in text and "| A " in text and (tmp_path / "study" / "REPORT.md").is_file()
     # the recipe and each net's schedule are in the report
     assert "## The recipe" in text and "| dropout | 0.5 on fc6, fc7 | 0.5 |" in text
+    assert "the last 2 epochs before a cap at lr / 10" in text  # the demo's cut schedule is stated, and trained
+    assert json.loads((tmp_path / "study" / "runs" / "D-s0" / "config.json").read_text())["final_decay"] == 2
     assert study.schedule("D", 0)["epochs"] == 1 and "| D | from A | 1 |" in text
     # the benchmarks open a study folder as its run left it, and score other weights by Table 3's protocol
     opened = R.Study.open(cfg.out)
     assert opened.cfg == study.cfg
     table3 = study.err(study.posteriors("D", 0), "dense", study.single_q("D"))[0]
     assert opened.dense_error("D", study.run_dir("D", 0) / "model.safetensors") == pytest.approx(table3)
-    assert R.Study.open(tmp_path / "stopped").cfg == R.StudyConfig(out=str(tmp_path / "stopped"))  # no results.json
+    assert R.Study.open(tmp_path / "stopped").cfg == R.StudyConfig(out=str(tmp_path / "stopped"))  # no record
+    (tmp_path / "study" / "results.json").unlink()  # stopped before its end: the settings it started with
+    assert R.Study.open(cfg.out).cfg == study.cfg
     before = (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime
     R.Study(cfg).run()  # cached: nothing retrained
     assert (tmp_path / "study" / "runs" / "D-s0" / "model.safetensors").stat().st_mtime == before
@@ -218,6 +223,8 @@ def test_net_a_gets_more_draws_and_a_net_started_from_a_replaced_draw_is_refused
 
     study = R.Study(R.StudyConfig(out=str(tmp_path), restarts=2, init_restarts=5))
     assert (study.restarts("A"), study.restarts("A-LRN"), study.restarts("D"), study.restarts("D384")) == (5, 2, 2, 0)
+    # every draw, the last one too, is abandoned at chance after GIVE_UP epochs (not run to its cap)
+    assert {study._settings("A-LRN", 1, k, tmp_path / "x")["give_up_at_chance"] for k in range(3)} == {R.GIVE_UP}
     fake = partial(fake_run, tmp_path)
     fake("A-s0", [0.5, 0.3])
     study._check_cached("D", 0, 0, fake("D-s0", [0.5, 0.3], {"init_from": "elsewhere/runs/A-s0/model.safetensors"}))

@@ -11,7 +11,7 @@ import torch
 import verydeep as vd
 from verydeep import checkpoint as ckpt
 from verydeep import distributed
-from verydeep.errors import UserError
+from verydeep.errors import ConfigError, UserError
 from verydeep.schedule import PlateauSchedule
 from verydeep.train import Trainer, make_config, train
 from imagegen import pattern_dataset
@@ -80,6 +80,18 @@ def test_plateau_schedule_on_a_scripted_sequence():
     t = PlateauSchedule()
     t.load_state_dict(s.state_dict())
     assert t == s
+
+
+def test_a_schedule_cut_short_by_its_cap_ends_with_a_decay():
+    # TrainConfig.final_decay: near the cap, a schedule with no decay yet decays now (the quick demo) -- once, and not
+    # while the net is still at chance
+    s = PlateauSchedule(lr=1e-2, patience=2, max_decays=3, chance=0.15)
+    actions = [s.step(a, cut_short=k >= 3) for k, a in enumerate([0.1, 0.3, 0.4, 0.5, 0.6, 0.6])]
+    assert actions == ["chance", "improved", "improved", "decay", "improved", "wait"] and s.lr == pytest.approx(1e-3)
+    s = PlateauSchedule(lr=1e-2, patience=2, max_decays=3, chance=0.15)
+    assert [s.step(0.1, cut_short=True) for _ in range(2)] == ["chance", "chance"] and s.decays == 0
+    with pytest.raises(ConfigError, match="final_decay must be at least 0"):
+        make_config({"data": "x", "final_decay": -1})
 
 
 def test_a_run_still_at_chance_gives_up_when_asked():

@@ -166,8 +166,10 @@ def recipe_lines(study) -> list[str]:
         ("batch", "256", f"{cfg.batch_size} (256 fits in memory, but gives a quarter of the updates per epoch)"),
         ("learning rate", "1e-2; fine-tuning 1e-3", f"{cfg.lr:g}; fine-tuning {cfg.lr / 10:g}"),
         ("schedule", "lr / 10 when validation accuracy stops improving, 3 times, then stop (74 epochs)",
-         f"the same, 'stops improving' = {cfg.patience} epochs without improvement, once above chance; epochs capped at {cfg.max_epochs} from scratch, {cfg.init_epochs} from A, "
-         f"{cfg.finetune_epochs} fine-tuning"),
+         f"the same, 'stops improving' = {cfg.patience} epochs without improvement, once above chance; epochs capped "
+         f"at {cfg.max_epochs} from scratch, {cfg.init_epochs} from A, {cfg.finetune_epochs} fine-tuning"
+         + (f"; the last {cfg.final_decay} epochs before a cap at lr / 10 where no plateau came first (a schedule cut "
+            f"short still ends with a decay)" if cfg.final_decay else "")),
         ("momentum, weight decay", "0.9, 5e-4", "0.9, 5e-4 (PyTorch's form, on the biases too)"),
         ("precision", "fp32 (Caffe)", precision),
     ]

@@ -23,9 +23,16 @@ class PlateauSchedule:
     decays: int = 0
     stopped: bool = False
 
-    def step(self, accuracy: float) -> str:
+    def step(self, accuracy: float, cut_short: bool = False) -> str:
         """Record one epoch's validation accuracy; returns "improved", "wait", "decay", "stop", "chance" or "gave up"
-        (still at chance after `give_up` epochs, never having left it)."""
+        (still at chance after `give_up` epochs, never having left it). `cut_short`: the epoch cap is near, so a
+        schedule that has not decayed yet decays now (TrainConfig.final_decay) unless the net is still at chance."""
+        action = self._step(accuracy)
+        if cut_short and action in ("improved", "wait") and self.decays == 0 < self.max_decays:
+            return self.decay()
+        return action
+
+    def _step(self, accuracy: float) -> str:
         if self.stopped:
             return "stop"
         if accuracy <= self.chance:
@@ -44,8 +51,13 @@ class PlateauSchedule:
         if self.decays >= self.max_decays:
             self.stopped = True
             return "stop"
+        return self.decay()
+
+    def decay(self) -> str:
+        """Divide the rate now (a plateau, or a schedule cut short by its epoch cap: TrainConfig.final_decay)."""
         self.decays += 1
         self.lr *= self.factor
+        self.bad_epochs = 0
         return "decay"
 
     def state_dict(self) -> dict:

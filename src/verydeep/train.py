@@ -72,6 +72,8 @@ class TrainConfig(RunOptions):
     # by 10
     max_decays: int = paper.LR_DECAYS  # learning-rate decays before training stops at the next plateau
     max_epochs: int = paper.MAX_EPOCHS  # epochs at most
+    final_decay: int = 0               # the last N epochs before the cap run at lr / 10 when no plateau has divided
+    # the rate by then (0: off): a schedule cut short by its cap still ends with a decay (the quick demo)
     give_up_at_chance: int = 0         # stop a run still at chance level after this many epochs (0: never)
     max_steps: int | None = None       # stop after this many optimisation steps in all (smoke runs)
     colour_augment: bool = True        # AlexNet's PCA colour shift (needs colour statistics; computed if missing)
@@ -147,7 +149,9 @@ class TrainConfig(RunOptions):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         checks = [("batch_size", self.batch_size >= 1, "at least 1"), ("max_epochs", self.max_epochs >= 1, "at least 1"),
                   ("patience", self.patience >= 1, "at least 1"), ("crop", self.crop >= 32, "at least 32"),
-                  ("max_decays", self.max_decays >= 0, "at least 0"), ("workers", self.workers >= 0, "at least 0"),
+                  ("max_decays", self.max_decays >= 0, "at least 0"),
+                  ("final_decay", self.final_decay >= 0, "at least 0"),
+                  ("workers", self.workers >= 0, "at least 0"),
                   ("keep_last", self.keep_last >= 1, "at least 1 (the newest checkpoint is always kept)"),
                   ("checkpoint_minutes", self.checkpoint_minutes >= 0, "at least 0"),
                   ("checkpoint_steps", self.checkpoint_steps >= 0, "at least 0 (0: off)"),
@@ -523,7 +527,8 @@ class Trainer:
             partial = self.step_in_epoch < self.steps_per_epoch  # stopped by max_steps inside the epoch
             val = self.validate()
             # A partial epoch is reported, but does not drive the schedule (the paper's schedule is per epoch).
-            action = "partial epoch" if partial else self.schedule.step(1 - val["val_top1_err"])
+            cut_short = bool(cfg.final_decay) and self.epoch + 1 >= cfg.max_epochs - cfg.final_decay
+            action = "partial epoch" if partial else self.schedule.step(1 - val["val_top1_err"], cut_short)
             best = 1 - val["val_top1_err"] > self.best_acc
             if best:
                 self.best_acc, self.best_step = 1 - val["val_top1_err"], self.global_step
