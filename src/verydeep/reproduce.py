@@ -90,9 +90,9 @@ class StudyConfig:
     @classmethod
     def presets(cls, given: dict) -> dict:
         if given.get("quick"):
-            # 5 minutes on 2 cores: A for 12 epochs, then D from it for 12, each with its last 2 at lr / 10. Both
-            # caps come before any plateau (A's first decay came at epoch 10 in the full study, D's at 15); one
-            # decay takes 6 points off A's validation error in an epoch (study of 2026-11-24: 29.0 -> 22.9%), and
+            # 5 minutes on 2 cores: A for 12 epochs, then D from it for 12, each with its last 2 at lr / 10. The
+            # caps come before most plateaus (the full study's first decays: A after epochs 10, 15, 21, D after 15,
+            # 8, 20); one decay takes 6 points off A's validation error in an epoch (29.0 -> 23.1%), and
             # without it the demo's nets ended at 26.2 and 25.4% test error (10 epochs, no decay), with it at 23.0
             # and 21.6%; its 1,000 validation images suffice (no plateau is judged on them)
             return {"out": "runs/quick", "seeds": [0], "max_epochs": 12, "init_epochs": 12, "final_decay": 2,
@@ -106,7 +106,7 @@ class StudyConfig:
 # A from-scratch draw still at chance level after this many epochs is abandoned, for a fresh one while restarts remain:
 # seed 1's A left chance at epoch 5; the draws that never learned were still at 90% error at epoch 24. The last draw is
 # abandoned too: in 13 seeds no draw left chance after epoch 6 but one (epoch 18, undertrained at its cap), and the
-# last draw of A-LRN seed 1 in the timed run of 2026-11-23 spent 40 epochs (470 s) at chance (REPRODUCTION.md).
+# last draw of A-LRN seed 1 in the timed run of 2026-11-24 spent 40 epochs (470 s) at chance (REPRODUCTION.md).
 GIVE_UP = 8
 
 # name -> (model, stage, init_from (run name), finetune_from (run name), init scheme)
