@@ -132,7 +132,7 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
     assert "Table 3" in text and "| A " in text and (tmp_path / "study" / "REPORT.md").is_file()
     # the recipe and each net's schedule are in the report
     assert "## The recipe" in text and "| dropout | 0.5 on fc6, fc7 | 0.5 |" in text
-    assert "the last 2 epochs before a cap at lr / 10" in text  # the demo's cut schedule is stated, and given to its runs
+    assert "the last 2 epochs before a cap at lr / 10" in text  # the cut schedule: stated, given to the runs
     assert json.loads((tmp_path / "study" / "runs" / "D-s0" / "config.json").read_text())["final_decay"] == 2
     assert study.schedule("D", 0)["epochs"] == 1 and "| D | from A | 1 |" in text
     # the benchmarks open a study folder as its run left it, and score other weights by Table 3's protocol
