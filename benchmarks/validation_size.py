@@ -25,15 +25,14 @@ from pathlib import Path
 
 
 def train_one(max_epochs: int, task) -> None:
-    """One jobs.run_tasks task (in a worker process): a study run's config trained again into a new folder."""
+    """One jobs.run_tasks task (in a worker process): a study run's config trained again into a new folder, with
+    some of its settings overridden (task.args: config, run folder, {TrainConfig field: value})."""
     from verydeep.config import build as build_config
     from verydeep.train import TrainConfig, train
 
-    config, run_dir, val, seed = task.args
-    given = {"max_epochs": max_epochs, "run_dir": run_dir, "resume": Path(run_dir).exists(), "progress": False,
-             "seed": seed}
-    if val:
-        given["val"] = val
+    config, run_dir, overrides = task.args
+    given = {"run_dir": run_dir, "resume": Path(run_dir).exists(), "progress": False,
+             **({"max_epochs": max_epochs} if max_epochs else {}), **overrides}  # no max_epochs: the run's own cap
     train(build_config(TrainConfig, given, config))
 
 
@@ -66,8 +65,8 @@ def main() -> None:
                     run = Path(a.study) / "valsize" / f"{net}-s{seed}-v{size}-r{k}"
                     runs[(net, seed, size, k)] = run
                     if not (run / "model.safetensors").is_file():  # repeat k: the same net A, another stream
-                        tasks[("train", net, f"v{size}", k, seed)] = Task("train", (str(config), str(run), val,
-                                                                                    seed + 100 * k))
+                        given = {"seed": seed + 100 * k, **({"val": val} if val else {})}
+                        tasks[("train", net, f"v{size}", k, seed)] = Task("train", (str(config), str(run), given))
     if tasks:
         run_tasks(tasks, partial(train_one, a.max_epochs), a.jobs, Path(a.study) / "valsize" / "logs")
 
