@@ -8,10 +8,12 @@ At lr 1e-2 a net's validation error swings by 2-3 points from epoch to epoch whi
 2026-11-24: D seed 1 26.3, 28.4, 26.6, then 22.5 the epoch after its rate fell at patience 2). Each run is `verydeep
 train --config STUDY/runs/NET-sS/config.json --patience P --run-dir STUDY/patience/NET-sS-pP`: the study's own
 seed, so at one thread it retraces the study's run until the first epoch the two rules judge differently. Runs go
-two at a time, one thread each, as the study runs its tasks (jobs.run_tasks); a finished one is reused."""
+two at a time, one thread each, as the study runs its tasks (jobs.run_tasks); a finished one is reused. The runs are
+capped at `--max-epochs` (the paper's 74 by default, not the study's 40: the question is where the schedule ends)."""
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from functools import partial
@@ -26,8 +28,12 @@ def main() -> None:
     ap.add_argument("--nets", default="C,D,E")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--max-epochs", type=int, default=74, help="the cap of the runs (a study run's config.json "
+                    "does not hold the study's cap: the default is the paper's 74 epochs, the schedule's end)")
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args()
+    from scipy.stats import spearmanr
+
     from verydeep.jobs import Task, run_tasks
     from verydeep.reproduce import Study, records_of
 
@@ -38,7 +44,10 @@ def main() -> None:
                                              {"patience": a.patience}))
              for (n, s), run in runs.items() if not (run / "model.safetensors").is_file()}
     if tasks:
-        run_tasks(tasks, partial(train_one, None), a.jobs, Path(a.study) / "patience" / "logs")
+        run_tasks(tasks, partial(train_one, a.max_epochs), a.jobs, Path(a.study) / "patience" / "logs")
+
+    def first_decay(recs):
+        return next((r["epoch"] for r in recs if r.get("schedule") == "decay"), len(recs))
 
     def describe(recs):
         decays = [r["epoch"] for r in recs if r.get("schedule") == "decay"]
@@ -47,24 +56,38 @@ def main() -> None:
     print(f"top-1 error %, dense at one scale, {study.cfg.test_images} test images: the study's run (patience "
           f"{study.cfg.patience}) and the same run at patience {a.patience}")
     errs: dict = {}
+    firsts: dict = {}  # rule -> [(epoch of the first decay, test error)]
     for (net, seed), run in runs.items():
         own = study.err(study.posteriors(net, seed), "dense", study.single_q(net))[0]
-        new = study.dense_error(net, run / "model.safetensors")
+        done = run / "test_error.json"  # measured once (the study's own runs' errors are in its evaluation cache)
+        if not done.is_file():
+            done.write_text(json.dumps(study.dense_error(net, run / "model.safetensors")))
+        new = json.loads(done.read_text())
         errs.setdefault(net, []).append((own, new))
+        firsts.setdefault("own", []).append((first_decay(records_of(study.run_dir(net, seed))), own))
+        firsts.setdefault("new", []).append((first_decay(records_of(run)), new))
         print(f"{net} seed {seed}: {own:6.2f} -> {new:6.2f}  ({describe(records_of(study.run_dir(net, seed)))} -> "
               f"{describe(records_of(run))})", flush=True)
+    def sd(x):
+        return statistics.stdev(x) if len(x) > 1 else float("nan")
+
     for net, pairs in errs.items():
         own, new = zip(*pairs)
         gain = [o - n for o, n in pairs]
-        se = statistics.stdev(gain) / len(gain) ** 0.5 if len(gain) > 1 else float("nan")
         print(f"{net}: mean {statistics.mean(own):.2f} -> {statistics.mean(new):.2f} (gain {statistics.mean(gain):+.2f}"
-              f", SE {se:.2f}); std over seeds {statistics.stdev(own):.2f} -> {statistics.stdev(new):.2f}")
-    if len(nets) > 1:  # the paired comparisons of the study between these nets, under each rule
+              f", SE {sd(gain) / len(gain) ** 0.5:.2f}); std over seeds {sd(own):.2f} -> {sd(new):.2f}")
+    for rule, label in (("own", f"patience {study.cfg.patience}"), ("new", f"patience {a.patience}")):
+        if len(firsts[rule]) < 3:
+            continue
+        rho, p = spearmanr(*zip(*firsts[rule]))
+        print(f"{label}: the epoch of the first decay against the test error, over {len(firsts[rule])} runs: "
+              f"Spearman rho {rho:+.2f} (p = {p:.4f})")
+    if len(nets) > 1 and len(seeds) > 1:  # the paired comparisons of the study between these nets, under each rule
         for x, y in zip(nets, nets[1:]):
             for k, label in ((0, f"patience {study.cfg.patience}"), (1, f"patience {a.patience}")):
                 d = [p[k] - q[k] for p, q in zip(errs[x], errs[y])]
-                print(f"err({x}) - err({y}), {label}: {statistics.mean(d):+.2f} ± {statistics.stdev(d):.2f} (std), "
-                      f"2 SE {2 * statistics.stdev(d) / len(d) ** 0.5:.2f}")
+                print(f"err({x}) - err({y}), {label}: {statistics.mean(d):+.2f} ± {sd(d):.2f} (std), "
+                      f"2 SE {2 * sd(d) / len(d) ** 0.5:.2f}")
 
 
 if __name__ == "__main__":
