@@ -4,7 +4,7 @@ with the study's own run: test error (dense, one scale, the study's test subset)
 
     python benchmarks/patience.py --study runs/study --nets C,D,E --seeds 0,1,2,3,4 --patience 3
 
-At lr 1e-2 a net's validation error swings by 2-3 points from epoch to epoch while it still falls (the study of
+At lr 1e-2 a net's validation error swings by about 2 points from epoch to epoch while it still falls (the study of
 2026-11-24: D seed 1 26.3, 28.4, 26.6, then 22.5 the epoch after its rate fell at patience 2). Each run is `verydeep
 train --config STUDY/runs/NET-sS/config.json --patience P --run-dir STUDY/patience/NET-sS-pP`: the study's own
 seed, so at one thread it retraces the study's run until the first epoch the two rules judge differently. Runs go
@@ -68,6 +68,7 @@ def main() -> None:
         firsts.setdefault("new", []).append((first_decay(records_of(run)), new))
         print(f"{net} seed {seed}: {own:6.2f} -> {new:6.2f}  ({describe(records_of(study.run_dir(net, seed)))} -> "
               f"{describe(records_of(run))})", flush=True)
+
     def sd(x):
         return statistics.stdev(x) if len(x) > 1 else float("nan")
 

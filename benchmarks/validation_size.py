@@ -32,7 +32,8 @@ def train_one(max_epochs: int, task) -> None:
 
     config, run_dir, overrides = task.args
     given = {"run_dir": run_dir, "resume": Path(run_dir).exists(), "progress": False,
-             **({"max_epochs": max_epochs} if max_epochs else {}), **overrides}  # no max_epochs: the run's own cap
+             **({"max_epochs": max_epochs} if max_epochs else {}), **overrides}  # no max_epochs: TrainConfig's 74
+    # (a study run's config.json does not hold the study's cap)
     train(build_config(TrainConfig, given, config))
 
 
