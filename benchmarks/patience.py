@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from validation_size import train_one
 
@@ -35,6 +36,7 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from verydeep.jobs import Task, run_tasks
+    from verydeep.report import paired, verdict
     from verydeep.reproduce import Study, records_of
 
     study = Study.open(a.study)
@@ -55,7 +57,7 @@ def main() -> None:
 
     print(f"top-1 error %, dense at one scale, {study.cfg.test_images} test images: the study's run (patience "
           f"{study.cfg.patience}) and the same run at patience {a.patience}")
-    errs: dict = {}
+    errs: dict = {}  # net -> seed -> (the study's error, the rerun's)
     firsts: dict = {}  # rule -> [(epoch of the first decay, test error)]
     for (net, seed), run in runs.items():
         own = study.err(study.posteriors(net, seed), "dense", study.single_q(net))[0]
@@ -63,33 +65,30 @@ def main() -> None:
         if not done.is_file():
             done.write_text(json.dumps(study.dense_error(net, run / "model.safetensors")))
         new = json.loads(done.read_text())
-        errs.setdefault(net, []).append((own, new))
-        firsts.setdefault("own", []).append((first_decay(records_of(study.run_dir(net, seed))), own))
-        firsts.setdefault("new", []).append((first_decay(records_of(run)), new))
-        print(f"{net} seed {seed}: {own:6.2f} -> {new:6.2f}  ({describe(records_of(study.run_dir(net, seed)))} -> "
-              f"{describe(records_of(run))})", flush=True)
+        errs.setdefault(net, {})[seed] = (own, new)
+        recs_own, recs_new = records_of(study.run_dir(net, seed)), records_of(run)
+        firsts.setdefault("own", []).append((first_decay(recs_own), own))
+        firsts.setdefault("new", []).append((first_decay(recs_new), new))
+        print(f"{net} seed {seed}: {own:6.2f} -> {new:6.2f}  ({describe(recs_own)} -> {describe(recs_new)})", flush=True)
 
-    def sd(x):
-        return statistics.stdev(x) if len(x) > 1 else float("nan")
-
-    for net, pairs in errs.items():
-        own, new = zip(*pairs)
-        gain = [o - n for o, n in pairs]
-        print(f"{net}: mean {statistics.mean(own):.2f} -> {statistics.mean(new):.2f} (gain {statistics.mean(gain):+.2f}"
-              f", SE {sd(gain) / len(gain) ** 0.5:.2f}); std over seeds {sd(own):.2f} -> {sd(new):.2f}")
-    for rule, label in (("own", f"patience {study.cfg.patience}"), ("new", f"patience {a.patience}")):
+    rules = ((0, f"patience {study.cfg.patience}"), (1, f"patience {a.patience}"))
+    for net, by_seed in errs.items():
+        own, new = np.array(list(by_seed.values())).T
+        gain, sd, n = paired(dict(enumerate(own)), dict(enumerate(new)))
+        spread = [np.std(e, ddof=1) if n > 1 else float("nan") for e in (own, new)]
+        print(f"{net}: mean {own.mean():.2f} -> {new.mean():.2f} (gain {gain:+.2f}, SE {sd / n ** 0.5:.2f}); std over "
+              f"seeds {spread[0]:.2f} -> {spread[1]:.2f}")
+    for rule, (_, label) in zip(("own", "new"), rules):
         if len(firsts[rule]) < 3:
             continue
         rho, p = spearmanr(*zip(*firsts[rule]))
         print(f"{label}: the epoch of the first decay against the test error, over {len(firsts[rule])} runs: "
               f"Spearman rho {rho:+.2f} (p = {p:.4f})")
-    if len(nets) > 1 and len(seeds) > 1:  # the paired comparisons of the study between these nets, under each rule
-        for x, y in zip(nets, nets[1:]):
-            for k, label in ((0, f"patience {study.cfg.patience}"), (1, f"patience {a.patience}")):
-                d = [p[k] - q[k] for p, q in zip(errs[x], errs[y])]
-                print(f"err({x}) - err({y}), {label}: {statistics.mean(d):+.2f} ± {sd(d):.2f} (std), "
-                      f"2 SE {2 * sd(d) / len(d) ** 0.5:.2f}")
-
+    for x, y in zip(nets, nets[1:]):  # the study's paired comparisons between these nets, under each rule
+        for k, label in rules:
+            m, sd, n = paired(errs[x], errs[y], k)
+            print(f"err({x}) - err({y}), {label}: {m:+.2f} ± {sd:.2f} (std), 2 SE {2 * sd / n ** 0.5:.2f}, "
+                  f"{verdict(m, sd, n, +1)}")
 
 if __name__ == "__main__":
     sys.exit(main())
