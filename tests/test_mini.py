@@ -124,7 +124,7 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
           fake_arrays(per_class_train=12), workers=1, progress=False)
     cfg = R.StudyConfig(out=str(tmp_path / "study"), data=str(data), seeds=[0], crop=32, width=1 / 8, fc_width=32,
                         batch_size=8, max_epochs=1, init_epochs=1, finetune_epochs=1, test_images=20, workers=0, precision="fp32",
-                        quick=True, restarts=0, init_restarts=0, final_decay=2)
+                        quick=True, restarts=0, init_restarts=0, final_decay=2, rate_epochs=None)  # the demo's
     study = R.Study(cfg)
     cells = study.run()
     assert set(cells) == {"t3", "t4", "t5"} and set(cells["t3"]) == {"A", "D"}
@@ -169,6 +169,33 @@ def test_quick_study_end_to_end(tmp_path, monkeypatch):
         R.Study(replace(cfg, width=1 / 4)).run()
     with pytest.raises(UserError, match=r"A-s0: trained with an epoch cap of 1 \(now 2\)"):  # it hit its cap of 1
         R.Study(replace(cfg, max_epochs=2)).run()
+    with pytest.raises(UserError, match=r"A-s0: trained with rate_epochs=None \(now \[2, 1\]\)"):  # the plateau rule
+        R.Study(replace(cfg, rate_epochs=[2, 1])).run()
+
+
+def test_the_study_fixes_its_schedule_in_epochs_from_scratch_and_from_a_and_says_so(tmp_path):
+    # StudyConfig.rate_epochs (BENCHMARKS.md, "A schedule fixed in epochs"): given to the nets trained from scratch
+    # and from A, not to the fine-tuning stages, which keep the plateau rule; the report's recipe states it
+    from verydeep import reproduce as R
+    from verydeep.report import recipe_lines
+
+    study = R.Study(R.StudyConfig(out=str(tmp_path), precision="bf16"))
+    given = {n: study._settings(n, 0, 0, tmp_path / "x")["rate_epochs"] for n in ("A", "B-shallow", "D", "D384", "Dj")}
+    assert given == {"A": [18, 9, 2, 1], "B-shallow": [18, 9, 2, 1], "D": [18, 9, 2, 1], "D384": None, "Dj": None}
+    recipe = "\n".join(recipe_lines(study))
+    assert "fixed in epochs, not the paper's rule: 18 epochs at lr 0.01, 9 at 0.001, 2 at 0.0001, 1 at 1e-05" in recipe
+    from verydeep.config import build as build_config
+
+    assert not build_config(R.StudyConfig, {"quick": True}).rate_epochs  # the demo: its caps, the plateau rule
+    assert build_config(R.StudyConfig, {"rate_epochs": "none"}).rate_epochs is None
+    plateau = R.Study(R.StudyConfig(out=str(tmp_path), precision="bf16", rate_epochs=None))
+    assert plateau._settings("D", 0, 0, tmp_path / "x")["rate_epochs"] is None
+    assert "| schedule | lr / 10 when validation accuracy stops improving, 3 times, then stop (74 epochs) | the same, " \
+        in "\n".join(recipe_lines(plateau))
+    # a study recorded before the fixed schedule existed was trained by the plateau rule, and opens as such
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "study.json").write_text('{"seeds": [0, 1]}')
+    assert R.Study.open(tmp_path / "old").cfg.rate_epochs is None
 
 
 def test_a_study_refuses_its_data_folder_built_with_other_settings(tmp_path):
@@ -221,7 +248,8 @@ def test_net_a_gets_more_draws_and_a_net_started_from_a_replaced_draw_is_refused
     from verydeep import reproduce as R
     from verydeep.errors import UserError
 
-    study = R.Study(R.StudyConfig(out=str(tmp_path), restarts=2, init_restarts=5))
+    # (its fake runs record no rate_epochs: the plateau rule)
+    study = R.Study(R.StudyConfig(out=str(tmp_path), restarts=2, init_restarts=5, rate_epochs=None))
     assert (study.restarts("A"), study.restarts("A-LRN"), study.restarts("D"), study.restarts("D384")) == (5, 2, 2, 0)
     # every draw, the last one too, is abandoned at chance after GIVE_UP epochs (not run to its cap)
     assert {study._settings("A-LRN", 1, k, tmp_path / "x")["give_up_at_chance"] for k in range(3)} == {R.GIVE_UP}

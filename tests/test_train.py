@@ -110,6 +110,21 @@ def test_no_plateau_is_counted_at_chance_level():
     assert actions == ["chance"] * 5 + ["improved", "wait", "decay"] and s.decays == 1
 
 
+def test_a_schedule_fixed_in_epochs_ignores_plateaus_and_counts_from_above_chance():
+    # rate_epochs 3,2,1: three epochs at 1e-2 once the net has left chance (a dip back counts), two at 1e-3, one at 1e-4
+    s = PlateauSchedule(lr=1e-2, patience=1, chance=0.15, rate_epochs=[3, 2, 1])
+    accs = [0.1, 0.1, 0.5, 0.4, 0.1, 0.6, 0.6, 0.7, 0.7]
+    actions = [s.step(a, cut_short=True) for a in accs]
+    assert actions == ["chance", "chance", "improved", "wait", "decay", "improved", "decay", "stop", "stop"]
+    assert s.decays == 2 and s.stopped and s.lr == pytest.approx(1e-4)
+    t = PlateauSchedule()
+    t.load_state_dict(s.state_dict())
+    assert t == s
+    with pytest.raises(ConfigError, match="rate_epochs must be epochs at each rate"):
+        make_config({"data": "x", "rate_epochs": [18, 0]})
+    assert make_config({"data": "x", "rate_epochs": "18,9,2,1"}).rate_epochs == [18, 9, 2, 1]
+
+
 def test_stage_presets_scale_with_the_crop():
     def s(**over):
         cfg = make_config({"data": "x", **over})

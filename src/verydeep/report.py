@@ -166,7 +166,10 @@ def recipe_lines(study) -> list[str]:
         ("batch", "256", f"{cfg.batch_size} (256 fits in memory, but gives a quarter of the updates per epoch)"),
         ("learning rate", "1e-2; fine-tuning 1e-3", f"{cfg.lr:g}; fine-tuning {cfg.lr / 10:g}"),
         ("schedule", "lr / 10 when validation accuracy stops improving, 3 times, then stop (74 epochs)",
-         f"the same, 'stops improving' = {cfg.patience} epochs without improvement, once above chance; epochs capped "
+         (f"from scratch and from A fixed in epochs, not the paper's rule: {fixed_schedule(cfg)}, counted once above "
+          f"chance (the plateau rule's first fall came on noise here, BENCHMARKS.md); fine-tuning: the paper's rule, "
+          if cfg.rate_epochs else "the same, ")
+         + f"'stops improving' = {cfg.patience} epochs without improvement, once above chance; epochs capped "
          f"at {cfg.max_epochs} from scratch, {cfg.init_epochs} from A, {cfg.finetune_epochs} fine-tuning"
          + (f"; the last {cfg.final_decay} epochs before a cap at lr / 10 where no plateau came first (a schedule cut "
             f"short still ends with a decay)" if cfg.final_decay else "")),
@@ -177,10 +180,17 @@ def recipe_lines(study) -> list[str]:
         [f"| {a} | {b} | {c} |" for a, b, c in rows] + [""]
 
 
+def fixed_schedule(cfg) -> str:
+    """'18 epochs at lr 0.01, 9 at 0.001, ...' for a schedule fixed in epochs (StudyConfig.rate_epochs)."""
+    return ", ".join(f"{n}{' epochs' if k == 0 else ''} at {'lr ' if k == 0 else ''}{cfg.lr * 0.1 ** k:g}"
+                     for k, n in enumerate(cfg.rate_epochs))
+
+
 def schedule_lines(study, schedules) -> list[str]:
     lines = ["## How training went", "",
-             "Per net, over seeds: epochs trained, learning-rate decays, how many seeds ended the paper's schedule "
-             "(3 decays, then no improvement) rather than the epoch cap, best validation top-1 error (centre crop), and "
+             "Per net, over seeds: epochs trained, learning-rate decays, how many seeds ended their schedule ("
+             + (f"{fixed_schedule(study.cfg)} from scratch and from A; fine-tuning: " if study.cfg.rate_epochs else "")
+             + "3 decays, then no improvement) rather than the epoch cap, best validation top-1 error (centre crop), and "
              "training minutes (with the minutes of restarted draws that never left chance level; restarts: seeds "
              "whose first draw did not learn).", "",
              "| net | init | epochs | decays | schedule ended | best val top-1 | minutes | restarts |",

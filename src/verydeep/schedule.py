@@ -2,10 +2,15 @@
 stops improving, three times in all; at the next plateau, learning stops. Epochs at chance level (a net from
 N(0, 0.01) that has not started learning) are not a plateau: accuracy cannot stop improving before it starts, and
 dividing the rate there ends the run before it learns (measured: the miniature study's net A, seed 1, stayed at 90%
-error through three decays)."""
+error through three decays).
+
+`rate_epochs` replaces the plateau rule by a schedule fixed in epochs (so many epochs at lr, lr / 10, ...; then
+stop), counted from the first epoch above chance. Not the paper's rule: for a small task whose epoch is a few hundred
+updates, where the validation curve at lr 1e-2 swings by more than it falls in two epochs, so the epoch the rule
+first divides the rate on is luck (BENCHMARKS.md, "A schedule fixed in epochs")."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -17,6 +22,8 @@ class PlateauSchedule:
     min_delta: float = 0.0     # an improvement must exceed this (accuracy, 0-1)
     chance: float = 0.0        # accuracy at or below this: the net has not started learning, no plateau is counted
     give_up: int = 0           # stop a run that is still at chance after this many epochs (0: never)
+    rate_epochs: list[int] = field(default_factory=list)  # a fixed schedule: epochs at each rate (empty: plateaus)
+    rate_epoch: int = 0        # epochs run at the current rate (the fixed schedule)
     chance_epochs: int = 0
     best: float = float("-inf")
     bad_epochs: int = 0
@@ -28,19 +35,21 @@ class PlateauSchedule:
         (still at chance after `give_up` epochs, never having left it). `cut_short`: the epoch cap is near, so a
         schedule that has not decayed yet decays now (TrainConfig.final_decay) unless the net is still at chance."""
         action = self._step(accuracy)
-        if cut_short and action in ("improved", "wait") and self.decays == 0 < self.max_decays:
+        if cut_short and not self.rate_epochs and action in ("improved", "wait") and self.decays == 0 < self.max_decays:
             return self.decay()
         return action
 
     def _step(self, accuracy: float) -> str:
         if self.stopped:
             return "stop"
-        if accuracy <= self.chance:
+        if accuracy <= self.chance and not (self.rate_epochs and self.best > float("-inf")):
             self.chance_epochs += self.best == float("-inf")
             if self.give_up and self.chance_epochs >= self.give_up and self.best == float("-inf"):
                 self.stopped = True
                 return "gave up"
             return "chance"
+        if self.rate_epochs:
+            return self._fixed(accuracy)
         if accuracy > self.best + self.min_delta:
             self.best, self.bad_epochs = accuracy, 0
             return "improved"
@@ -49,6 +58,18 @@ class PlateauSchedule:
             return "wait"
         self.bad_epochs = 0
         if self.decays >= self.max_decays:
+            self.stopped = True
+            return "stop"
+        return self.decay()
+
+    def _fixed(self, accuracy: float) -> str:
+        improved = accuracy > self.best + self.min_delta
+        self.best = max(self.best, accuracy)
+        self.rate_epoch += 1
+        if self.rate_epoch < self.rate_epochs[self.decays]:
+            return "improved" if improved else "wait"
+        self.rate_epoch = 0
+        if self.decays >= len(self.rate_epochs) - 1:
             self.stopped = True
             return "stop"
         return self.decay()

@@ -71,6 +71,8 @@ class TrainConfig(RunOptions):
     patience: int = 2                  # epochs without validation improvement before the learning rate is divided
     # by 10
     max_decays: int = paper.LR_DECAYS  # learning-rate decays before training stops at the next plateau
+    rate_epochs: list[int] | None = None  # a schedule fixed in epochs instead of the plateau rule: N1,N2,... epochs
+    # at lr, lr / 10, ..., then stop (counted from the first epoch above chance; not the paper's rule, schedule.py)
     max_epochs: int = paper.MAX_EPOCHS  # epochs at most
     final_decay: int = 0               # the last N epochs before the cap run at lr / 10 when no plateau has divided
     # the rate by then (0: off): a schedule cut short by its cap still ends with a decay (the quick demo)
@@ -150,6 +152,7 @@ class TrainConfig(RunOptions):
         checks = [("batch_size", self.batch_size >= 1, "at least 1"), ("max_epochs", self.max_epochs >= 1, "at least 1"),
                   ("patience", self.patience >= 1, "at least 1"), ("crop", self.crop >= 32, "at least 32"),
                   ("max_decays", self.max_decays >= 0, "at least 0"),
+                  ("rate_epochs", not self.rate_epochs or min(self.rate_epochs) >= 1, "epochs at each rate, each >= 1"),
                   ("final_decay", self.final_decay >= 0, "at least 0"),
                   ("workers", self.workers >= 0, "at least 0"),
                   ("keep_last", self.keep_last >= 1, "at least 1 (the newest checkpoint is always kept)"),
@@ -330,7 +333,7 @@ class Trainer:
         self.opt = optimizer(self.raw.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, d.device)
         # chance level with half again as margin: no plateau is counted before the net starts learning
         self.schedule = PlateauSchedule(cfg.lr, cfg.patience, 0.1, cfg.max_decays, chance=1.5 / len(self.classes),
-                                        give_up=cfg.give_up_at_chance)
+                                        give_up=cfg.give_up_at_chance, rate_epochs=list(cfg.rate_epochs or ()))
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.partial = [0.0, 0.0, 0.0]  # loss sum, correct, count of the epoch in progress
         self.records: list[dict] = []   # every metrics record (metrics.jsonl and TensorBoard are views of it)
