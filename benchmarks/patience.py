@@ -56,12 +56,15 @@ def main() -> None:
     if tasks:
         run_tasks(tasks, partial(train_one, a.max_epochs), a.jobs, Path(a.study) / "patience" / "logs")
 
+    def decays(recs):
+        return [r["epoch"] for r in recs if r.get("schedule") == "decay"]
+
     def first_decay(recs):
-        return next((r["epoch"] for r in recs if r.get("schedule") == "decay"), len(recs))
+        return (decays(recs) or [len(recs)])[0]
 
     def describe(recs):
-        decays = [r["epoch"] for r in recs if r.get("schedule") == "decay"]
-        return f"{len(recs):2d} epochs, {sum(r.get('train_seconds', 0) for r in recs) / 60:4.1f} min, lr / 10 at {decays}"
+        minutes = sum(r.get("train_seconds", 0) for r in recs) / 60
+        return f"{len(recs):2d} epochs, {minutes:4.1f} min, lr / 10 at {decays(recs)}"
 
     print(f"top-1 error %, dense at one scale, {study.cfg.test_images} test images: the study's run (patience "
           f"{study.cfg.patience}) and the same run with {label}")
@@ -85,7 +88,8 @@ def main() -> None:
         firsts.setdefault("own", []).append((first_decay(recs_own), own))
         firsts.setdefault("new", []).append((first_decay(recs_new), new))
         at_rate.setdefault(net, []).extend([(*rate_epochs(recs_own), own), (*rate_epochs(recs_new), new)])
-        print(f"{net} seed {seed}: {own:6.2f} -> {new:6.2f}  ({describe(recs_own)} -> {describe(recs_new)})", flush=True)
+        print(f"{net} seed {seed}: {own:6.2f} -> {new:6.2f}  ({describe(recs_own)} -> {describe(recs_new)})",
+              flush=True)
 
     rules = ((0, f"patience {study.cfg.patience}"), (1, label))
     for net, by_seed in errs.items():
