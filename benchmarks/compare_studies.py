@@ -34,9 +34,9 @@ def main() -> None:
     from verydeep.report import SE_RULE, paired, verdict, without_chance
 
     first, second = load(a.first), load(a.second)
-    for what in ("data/manifest.json",):
-        if (a.first / what).read_bytes() != (a.second / what).read_bytes():
-            sys.exit(f"{a.first / what} and {a.second / what} differ: the studies were not built on the same data")
+    manifests = [study / "data" / "manifest.json" for study in (a.first, a.second)]
+    if not all(m.is_file() for m in manifests) or manifests[0].read_bytes() != manifests[1].read_bytes():
+        sys.exit(f"{manifests[0]} and {manifests[1]} are missing or differ: the studies were not built on the same data")
     if first["config"].get("test_images") != second["config"].get("test_images"):
         sys.exit("the studies evaluate different numbers of test images: not paired")
     (c1, dead1), (c2, dead2) = without_chance(first["cells"]), without_chance(second["cells"])
