@@ -7,9 +7,10 @@ Precisions:
 - fp32 and bf16 on CPU: oneDNN convolutions with the ReLU fused in (VGG's ReLU passes are pure memory traffic:
   ~10% of an fp32 forward, ~20% of a bf16 one, measured layer by layer), weights pre-packed (bf16: for each input
   size, as the AMX kernels want; fp32: for no size, but fc6 on crops), batch-norm folded into the convolutions,
-  activations channels-last. In fp32 each 3x3 convolution with at least WINOGRAD_MIN_CHANNELS inputs runs by
-  Winograd's F(4x4, 3x3) (`Winograd`: 4x fewer multiplies, fp32 throughout, within ~1e-5 of direct convolution)
-  where that times faster on this machine, else directly (`Pick`).
+  activations channels-last. Each 3x3 convolution with at least WINOGRAD_MIN_CHANNELS inputs runs by Winograd's
+  algorithm where that times faster on this machine, else directly (`Pick`): F(4x4, 3x3) in fp32 (`Winograd`: 4x
+  fewer multiplies, fp32 throughout, within ~1e-5 of direct convolution), F(2x2, 3x3) in bf16 (2.25x fewer, about
+  twice the rounding error of a direct bf16 convolution).
 - bf16 elsewhere (CUDA): the same chain as eager modules with bf16 weights, channels-last; `compile=True` hands it
   to torch.compile (one graph per input size: worth it for a long evaluation at few sizes, not for one image).
 - int8 on CPU: every convolution in 8 bits on oneDNN's quantised kernels, uint8 activations from the first layer to
@@ -88,43 +89,61 @@ class Conv:
 
 
 # ------------------------------------------------------------------------------------------------- Winograd
-# F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): a 6x6 input tile d gives
-# a 4x4 output tile A^T [(G g G^T) * (B^T d B)] A, so a 3x3 convolution becomes 36 matrix products over the channels
-# with 36 multiplies per 16 outputs instead of 144. Used for fp32 on the CPU, where oneDNN runs direct convolutions
-# only and ONNX Runtime's fp32 kernels are faster than them (BENCHMARKS.md). Channels below WINOGRAD_MIN_CHANNELS make
-# 36 products too thin to beat a direct convolution (benchmarks/winograd_layers.py, batch 8: 64->64 at 224 0.85x,
-# 64->128 at 112 1.0-1.3x in two runs, 128->128 at 112 1.5x, 256 and 512 channels 1.5-2.5x, in issue 20's first
-# measurements). On the same kind of machine a later day, oneDNN's direct kernels ran at about twice PyTorch's fp32
-# GEMM rate and won almost everywhere, hence `Pick`: the choice is timed, not assumed.
-_BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-       [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
-_G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-      [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
-_AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+# F(m x m, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): an (m+2)x(m+2) input tile d
+# gives an m x m output tile A^T [(G g G^T) * (B^T d B)] A, so a 3x3 convolution becomes (m+2)^2 matrix products over
+# the channels. fp32 uses F(4x4, 3x3): 36 multiplies per 16 outputs instead of 144. bf16 uses F(2x2, 3x3): 16 per 4
+# instead of 36, because its transforms' coefficients (0, +-1, 1/2) are exact in bf16 and add little error, where
+# F(4x4)'s (up to 8 and 1/24) amplify bf16's rounding: on VGG-16's layers (benchmarks/winograd_layers.py --precision
+# bf16) the error of F(2x2) is about 2x bf16's direct convolution's, F(4x4)'s about 11x. oneDNN runs direct
+# convolutions only on the CPU, and ONNX Runtime's fp32 kernels are faster than them (BENCHMARKS.md). Channels below
+# WINOGRAD_MIN_CHANNELS make the products too thin to beat a direct convolution (benchmarks/winograd_layers.py, fp32
+# batch 8: 64->64 at 224 0.85x, 64->128 at 112 1.0-1.3x in two runs, 128->128 at 112 1.5x, 256 and 512 channels
+# 1.5-2.5x, in issue 20's first measurements). On the same kind of machine a later day, oneDNN's direct fp32
+# kernels ran at about twice PyTorch's fp32 GEMM rate and won almost everywhere, hence `Pick`: the choice is timed,
+# not assumed.
+_TRANSFORMS = {  # m: (B^T, G, A^T)
+    4: ([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+        [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+         [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]),
+    2: ([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+        [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
+        [[1, 1, 1, 0], [0, 1, -1, -1]]),
+}
+WINOGRAD_TILE = {torch.float32: 4, torch.bfloat16: 2}  # m of F(m x m, 3x3) for each precision (see above)
 WINOGRAD_MIN_CHANNELS = 128
-_TILES_PER_CHUNK = 196  # tiles transformed and multiplied at once: a chunk's working set stays in the L2/L3 cache
+# tiles transformed and multiplied at once, by m: a chunk's working set stays in the L2/L3 cache. F(2x2), VGG-16 bf16
+# in the chain (a one-off layer-by-layer timer, medians of 11 calls): its Winograd layers summed 29.6 ms at batch 1
+# with 784 tiles against 31.2 with 196 and 29.9 with 441 (1,568: 29.8), 224 ms at batch 8 against 244 and 236 (221).
+_TILES_PER_CHUNK = {4: 196, 2: 784}
 
 
 class Winograd:
-    """A 3x3, padding-1 convolution (+ bias, optional ReLU) by F(4x4, 3x3) on channels-last fp32 maps of any size.
-    The work goes in chunks of tiles through buffers kept between calls: whole-map temporaries would be 2.25x the
-    input and fresh memory on every call (page faults), which measured slower than the direct convolution. The
-    buffers are shared by the layers of one net and kept per thread, so the streams of one net do not collide."""
-    m, a = 4, 6
+    """A 3x3, padding-1 convolution (+ bias, optional ReLU) by F(m x m, 3x3) on channels-last maps of any size, in
+    the weights' dtype: fp32 by F(4x4), bf16 by F(2x2) (WINOGRAD_TILE; bf16 products accumulate in fp32, as
+    oneDNN's direct bf16 convolution does). The work goes in chunks of tiles through buffers kept between calls:
+    whole-map temporaries would be 2.25x the input (F(4x4)) and fresh memory on every call (page faults), which
+    measured slower than the direct convolution. The buffers are shared by the layers of one net and kept per thread,
+    so the streams of one net do not collide."""
 
-    def __init__(self, s: Conv, workspace: threading.local | None = None):
-        bt, g, at = (torch.tensor(t, dtype=torch.float64) for t in (_BT, _G, _AT))
+    def __init__(self, s: Conv, workspace: threading.local | None = None, dtype: torch.dtype = torch.float32,
+                 m: int | None = None):
+        self.m = m or WINOGRAD_TILE[dtype]  # m: another tile, for benchmarks/winograd_layers.py
+        self.a = self.m + 2
+        bt, g, at = (torch.tensor(t, dtype=torch.float64) for t in _TRANSFORMS[self.m])
         u = torch.einsum("ik,ockl,jl->ijco", g, s.weight.double(), g)  # G g G^T for every (out, in) pair
-        self.u = u.reshape(self.a * self.a, s.weight.shape[1], s.weight.shape[0]).float().contiguous()
-        self.bb, self.aa = torch.kron(bt, bt).float(), torch.kron(at, at).float()  # both sides of each transform
-        self.bias, self.relu = s.bias.float(), s.relu
+        self.u = u.reshape(self.a * self.a, s.weight.shape[1], s.weight.shape[0]).to(dtype).contiguous()
+        # both sides of each transform; their coefficients are exact in bf16 (F(2x2)) as in fp32
+        self.bb, self.aa = torch.kron(bt, bt).to(dtype), torch.kron(at, at).to(dtype)
+        self.bias, self.relu, self.dtype = s.bias.to(dtype), s.relu, dtype
         self.ws = workspace if workspace is not None else threading.local()
 
     def _buf(self, name: str, *shape: int) -> torch.Tensor:
         n = math.prod(shape)
         ws = self.ws.__dict__  # threading.local: each stream (fast.STREAMS) has its own buffers
-        if ws.get(name) is None or ws[name].numel() < n:
-            ws[name] = torch.empty(n)
+        if ws.get(name) is None or ws[name].numel() < n or ws[name].dtype != self.dtype:
+            ws[name] = torch.empty(n, dtype=self.dtype)
         return ws[name][:n].view(shape)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,9 +156,10 @@ class Winograd:
             border.zero_()
         st = xp.stride()
         tiles = xp.as_strided((n_img, th, a, a, tw, c), (st[0], m * st[1], st[1], st[2], m * st[2], st[3]))
-        out = torch.empty(n_img, th * m, tw * m, co)
-        rows = max(1, min(th, _TILES_PER_CHUNK // tw))  # tile rows of one image per chunk ...
-        imgs = max(1, _TILES_PER_CHUNK // (th * tw)) if rows == th else 1  # ... or whole small images
+        out = torch.empty(n_img, th * m, tw * m, co, dtype=self.dtype)
+        per_chunk = _TILES_PER_CHUNK[m]
+        rows = max(1, min(th, per_chunk // tw))  # tile rows of one image per chunk ...
+        imgs = max(1, per_chunk // (th * tw)) if rows == th else 1  # ... or whole small images
         for i in range(0, n_img, imgs):
             k = min(imgs, n_img - i)
             for r in range(0, th, rows):
@@ -166,16 +186,18 @@ class Winograd:
 # output evict what the next layer reads. VGG-16 fp32, batch 8: picking by the plain minimum chose Winograd for the
 # 28x28 layers (4-13% faster alone) and the whole call ran at 14.83 img/s against 15.65 with every layer direct.
 WINOGRAD_MARGIN = 0.85
+PICK_ROUNDS = 3  # timed calls of each kernel, alternating, after one untimed call of each
 
 
 class Pick:
-    """A 3x3 layer that may run by Winograd or directly (fp32, `winograd="auto"`): both timed on the first input of
-    each size class (its pixel count to a power of two), Winograd kept only if faster by WINOGRAD_MARGIN, the verdict
-    remembered. Which wins depends on the machine and the map: on the AMD EPYC here (VGG-16, one-off per-layer
+    """A 3x3 layer that may run by Winograd or directly (fp32 and bf16, `winograd="auto"`): both timed on the first
+    input of each size class (its pixel count to a power of two), Winograd kept only if faster by WINOGRAD_MARGIN,
+    the verdict remembered. Which wins depends on the machine and the map: on the AMD EPYC here (VGG-16, one-off per-layer
     timings) Winograd won only on 28x28 maps with 256-512 channels at batch 8 (4-13%) and lost elsewhere, by up to 2x
     on 64-channel maps, because its products run on PyTorch's fp32 GEMM (about half the rate oneDNN's direct kernels
     reach here); the figures above WINOGRAD_MIN_CHANNELS had it ahead from 128 channels. Both compute the same
-    convolution in fp32 (within ~1e-5)."""
+    convolution in fp32 (within ~1e-5). In bf16, F(2x2) on VGG-16 won on the 28x28 and 56x56 maps of 256-512
+    channels (in the chain, batch 1: 2.2-2.5 against 3.2-3.4 ms) and lost on the 112x112 and 14x14 ones."""
 
     def __init__(self, winograd: Winograd, direct: tuple):
         self.winograd, self.direct = winograd, direct
@@ -191,15 +213,21 @@ class Pick:
         return self.winograd(y) if self.chosen[size] == "winograd" else _direct(y, direct)
 
     def _time(self, y: torch.Tensor, direct: tuple) -> str:
-        seconds = {}
-        for name, f in (("winograd", self.winograd), ("onednn", lambda x: _direct(x, direct))):
-            best = math.inf
-            for _ in range(2):  # the first call of each may allocate its buffers
+        kernels = {"winograd": self.winograd, "onednn": lambda x: _direct(x, direct)}
+        for f in kernels.values():  # the first call of each may allocate its buffers and create its primitives
+            f(y)
+        # rounds alternate, and each kernel's best is compared: Winograd's time swings from spell to spell where
+        # the direct kernel's does not (VGG-16's 56x56x256 layer in bf16, two threads, one-off timings: 2.4 ms in
+        # some spells and 3.2-3.3 ms in others of the same process, the direct kernel 3.3 ms in both; its many
+        # passes over memory are the likely reason, not measured), and timed once, one slow spell decided for the
+        # rest of the run
+        seconds = dict.fromkeys(kernels, math.inf)
+        for _ in range(PICK_ROUNDS):
+            for name, f in kernels.items():
                 t0 = time.perf_counter()
                 f(y)
-                best = min(best, time.perf_counter() - t0)
-            seconds[name] = best
-        log.debug("fp32 3x3 layer, %d pixels: %s", y.shape[0] * y.shape[2] * y.shape[3], seconds)
+                seconds[name] = min(seconds[name], time.perf_counter() - t0)
+        log.debug("%s 3x3 layer, %d pixels: %s", y.dtype, y.shape[0] * y.shape[2] * y.shape[3], seconds)
         return "winograd" if seconds["winograd"] < WINOGRAD_MARGIN * seconds["onednn"] else "onednn"
 
 
@@ -332,13 +360,13 @@ class FastVGG:
             if isinstance(s, Conv):
                 w = s.weight.to(self.dtype).contiguous(memory_format=torch.channels_last)
                 direct = (w, s.bias.to(self.dtype), [s.padding] * 2, "relu" if s.relu else "none")
-                if not (winograd and self.precision == "fp32" and s.padding == 1 and s.weight.shape[2:] == (3, 3)
-                        and s.weight.shape[1] >= WINOGRAD_MIN_CHANNELS):
+                if not (winograd and self.dtype in WINOGRAD_TILE and s.padding == 1
+                        and s.weight.shape[2:] == (3, 3) and s.weight.shape[1] >= WINOGRAD_MIN_CHANNELS):
                     self._ops.append(direct)
                 elif winograd == "auto":
-                    self._ops.append(Pick(Winograd(s, self._workspace), direct))
+                    self._ops.append(Pick(Winograd(s, self._workspace, self.dtype), direct))
                 else:
-                    self._ops.append(Winograd(s, self._workspace))
+                    self._ops.append(Winograd(s, self._workspace, self.dtype))
             elif MaxPool.plain(s.module):
                 self._ops.append(MaxPool(s.module.kernel_size))
             else:
