@@ -192,12 +192,13 @@ PICK_ROUNDS = 3  # timed calls of each kernel, alternating, after one untimed ca
 class Pick:
     """A 3x3 layer that may run by Winograd or directly (fp32 and bf16, `winograd="auto"`): both timed on the first
     input of each size class (its pixel count to a power of two), Winograd kept only if faster by WINOGRAD_MARGIN,
-    the verdict remembered. Which wins depends on the machine and the map: on the AMD EPYC here (VGG-16, one-off per-layer
-    timings) Winograd won only on 28x28 maps with 256-512 channels at batch 8 (4-13%) and lost elsewhere, by up to 2x
-    on 64-channel maps, because its products run on PyTorch's fp32 GEMM (about half the rate oneDNN's direct kernels
-    reach here); the figures above WINOGRAD_MIN_CHANNELS had it ahead from 128 channels. Both compute the same
-    convolution in fp32 (within ~1e-5). In bf16, F(2x2) on VGG-16 won on the 28x28 and 56x56 maps of 256-512
-    channels (in the chain, batch 1: 2.2-2.5 against 3.2-3.4 ms) and lost on the 112x112 and 14x14 ones."""
+    the verdict remembered. Which wins depends on the machine and the map: on the AMD EPYC here (VGG-16, one-off
+    per-layer timings) fp32's F(4x4) won only on 28x28 maps with 256-512 channels at batch 8 (4-13%) and lost
+    elsewhere, by up to 2x on 64-channel maps, because its products run on PyTorch's fp32 GEMM (about half the rate
+    oneDNN's direct kernels reach here); the figures above WINOGRAD_MIN_CHANNELS had it ahead from 128 channels. Both
+    compute the same convolution in fp32 (within ~1e-5). bf16's F(2x2) won on the 28x28 and 56x56 maps of 256-512
+    channels (in the chain at batch 1: 2.2-2.5 against 3.2-3.4 ms) and lost on the 112x112 ones (and at batch 1 on
+    the 14x14 ones)."""
 
     def __init__(self, winograd: Winograd, direct: tuple):
         self.winograd, self.direct = winograd, direct
