@@ -1,5 +1,5 @@
-"""The fast inference chain (fused oneDNN convolutions, Winograd in fp32 and bf16, int8) against the reference VGG: crops
-and score maps of any size, truncation at a named layer, batch-norm folding, precision resolution."""
+"""The fast inference chain (fused oneDNN convolutions, Winograd in fp32 and bf16, int8) against the reference VGG:
+crops and score maps of any size, truncation at a named layer, batch-norm folding, precision resolution."""
 import pytest
 import torch
 import torch.nn.functional as F
