@@ -36,7 +36,8 @@ def main() -> None:
     first, second = load(a.first), load(a.second)
     manifests = [study / "data" / "manifest.json" for study in (a.first, a.second)]
     if not all(m.is_file() for m in manifests) or manifests[0].read_bytes() != manifests[1].read_bytes():
-        sys.exit(f"{manifests[0]} and {manifests[1]} are missing or differ: the studies were not built on the same data")
+        sys.exit(f"{manifests[0]} and {manifests[1]} are missing or differ: "
+                 "the studies were not built on the same data")
     if first["config"].get("test_images") != second["config"].get("test_images"):
         sys.exit("the studies evaluate different numbers of test images: not paired")
     (c1, dead1), (c2, dead2) = without_chance(first["cells"]), without_chance(second["cells"])
@@ -59,8 +60,10 @@ def main() -> None:
             name = " ".join(json.loads(key)) if key.startswith("[") else key
             diff = f"{m:+.2f}" + (f" ± {s:.2f}" if n > 1 else "")
             v = verdict(m, s, n, +1)  # the report's rule, worded for two recipes
-            v = {"reproduced": f"{a.second.name} better", "not reproduced (opposite)": f"{a.first.name} better"}.get(v, v)
+            v = {"reproduced": f"{a.second.name} better",
+                 "not reproduced (opposite)": f"{a.first.name} better"}.get(v, v)
             print(f"{table:9} {name:24} {n:5d} {mean(x):9.2f} {mean(y):9.2f} {diff:>15}  {v}")
+
 
 if __name__ == "__main__":
     main()
