@@ -189,6 +189,32 @@ def test_lrn_values_and_gradients_are_pytorchs(channels_last):
     assert ours.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
+@pytest.mark.parametrize("name", ["A", "A-LRN", "E", "vgg16_bn"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ceil", [False, True])
+def test_relu_after_pool_gives_the_layer_orders_values_and_gradients(name, dtype, ceil):
+    # VGG._features pools before each ReLU that feeds a pool; the layer order (ReLU, then pool) is the reference.
+    # Exactly equal, ties included (bf16 rounds many activations to equal values), floor and ceil pooling.
+    m = tiny(name).to(dtype)
+    for mod in m.features:
+        if isinstance(mod, torch.nn.MaxPool2d):
+            mod.ceil_mode = ceil
+    x = torch.randn(2, 3, 69, 75).to(dtype).contiguous(memory_format=torch.channels_last)
+    ours = m.score_map(x)
+    f = m.features(x)
+    for _, theirs in m._head(f, dense=True):
+        pass
+    assert torch.equal(ours, theirs)
+    grads, w = [], torch.randn(ours.shape)
+    for run in (lambda: m.score_map(x), lambda: list(m._head(m.features(x), dense=True))[-1][1]):
+        m.zero_grad()
+        (run().float() * w).sum().backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    crop = torch.randn(3, 3, 64, 64).to(dtype)
+    assert torch.equal(m(crop), m.classifier(torch.flatten(m.features(crop), 1)))
+
+
 def test_init_schemes():
     m = vd.vgg("A", init="paper", crop_size=32)
     w = m.layer("conv5_2").weight
