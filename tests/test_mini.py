@@ -184,6 +184,12 @@ def test_the_study_fixes_its_schedule_in_epochs_from_scratch_and_from_a_and_says
     assert given == {"A": [18, 9, 2, 1], "B-shallow": [18, 9, 2, 1], "D": [18, 9, 2, 1], "D384": None, "Dj": None}
     recipe = "\n".join(recipe_lines(study))
     assert "fixed in epochs, not the paper's rule: 18 epochs at lr 0.01, 9 at 0.001, 2 at 0.0001, 1 at 1e-05" in recipe
+    assert "not validated" not in recipe
+    # the epochs its runs left unvalidated (StudyConfig.validate_first_rate, off in the study), counted from them
+    assert {study._settings(n, 0, 0, tmp_path / "x")["validate_first_rate"] for n in ("A", "D", "Dj")} == {False}
+    runs = {"A": {0: {"curve": [90.0, 40.0, None, None, 30.0]}, 1: {}}, "D": {0: {"curve": [35.0, None, 20.0]}}}
+    assert "; 3 epochs at lr 0.01 after the first above chance were not validated" in "\n".join(
+        recipe_lines(study, runs))
     from verydeep.config import build as build_config
 
     assert not build_config(R.StudyConfig, {"quick": True}).rate_epochs  # the demo: its caps, the plateau rule

@@ -125,6 +125,38 @@ def test_a_schedule_fixed_in_epochs_ignores_plateaus_and_counts_from_above_chanc
     assert make_config({"data": "x", "rate_epochs": "18,9,2,1"}).rate_epochs == [18, 9, 2, 1]
 
 
+def test_a_fixed_schedule_may_leave_its_first_rate_unvalidated():
+    # validate_first_rate off: an epoch at the first rate after the first above chance is counted without its
+    # validation (None); the plateau rule, chance level and later rates still need one
+    s = PlateauSchedule(lr=1e-2, chance=0.15, rate_epochs=[3, 1])
+    assert not s.may_skip_validation()  # at chance: validation decides when the count starts
+    assert s.step(0.1) == "chance" and not s.may_skip_validation()
+    assert s.step(0.5) == "improved" and s.may_skip_validation()
+    assert [s.step(None), s.step(None)] == ["not validated", "decay"]
+    assert s.best == 0.5 and not s.may_skip_validation()
+    with pytest.raises(ValueError, match="only the fixed schedule"):
+        s.step(None)
+    with pytest.raises(ValueError, match="only the fixed schedule"):
+        PlateauSchedule().step(None)
+
+
+def test_a_training_run_skips_the_validations_that_decide_nothing(data, tmp_path):
+    run = tmp_path / "r"
+    train(make_config({**TINY, "data": data, "run_dir": run, "dropout": 0.0, "max_epochs": 8, "rate_epochs": [3, 1],
+                       "validate_first_rate": False}))
+    hist = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    first = next(i for i, r in enumerate(hist) if r["schedule"] != "chance")  # the first epoch above chance
+    assert hist[first]["schedule"] == "improved" and len(hist) == first + 4  # 3 epochs at 1e-2, 1 at 1e-3
+    unvalidated = [i for i, r in enumerate(hist) if "val_top1_err" not in r]
+    assert unvalidated == [first + 1, first + 2]  # the rest of the first rate, its decay epoch included
+    assert [hist[i]["schedule"] for i in unvalidated] == ["not validated", "decay"]
+    assert hist[-1]["schedule"] == "stop" and "val_top1_err" in hist[-1]
+    best = ckpt.load(run / "checkpoints" / ckpt.BEST)
+    assert best["global_step"] in [r["global_step"] for r in hist if "val_top1_err" in r]
+    from verydeep.cli import main
+    assert main(["plot", str(run)]) == 0  # the curves skip the missing points
+
+
 def test_stage_presets_scale_with_the_crop():
     def s(**over):
         cfg = make_config({"data": "x", **over})

@@ -140,13 +140,14 @@ def plot(run_dir: Path, out: Path | None = None) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
     ax.plot(ep, [r["train_loss"] for r in records], "o-", label="train")
-    ax.plot(ep, [r.get("val_loss") for r in records], "s-", label="validation")
+    val = [r for r in records if "val_top1_err" in r]  # a fixed schedule may leave epochs unvalidated
+    ax.plot([r["epoch"] for r in val], [r["val_loss"] for r in val], "s-", label="validation")
     ax.set(title="loss (soft-max cross-entropy)", xlabel="epoch")
     ax.legend()
     ax = axes[1]
     ax.plot(ep, [100 * r["train_top1_err"] for r in records], "o-", label="train top-1")
-    ax.plot(ep, [100 * r["val_top1_err"] for r in records], "s-", label="val top-1")
-    ax.plot(ep, [100 * r["val_top5_err"] for r in records], "^-", label="val top-5")
+    ax.plot([r["epoch"] for r in val], [100 * r["val_top1_err"] for r in val], "s-", label="val top-1")
+    ax.plot([r["epoch"] for r in val], [100 * r["val_top5_err"] for r in val], "^-", label="val top-5")
     ax.set(title="error (%)", xlabel="epoch")
     ax.legend()
     ax = axes[2]

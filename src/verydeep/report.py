@@ -129,8 +129,8 @@ def _plots(study, cells, schedules) -> list[str]:
                 colour = plt.cm.tab10(i % 10)
                 for j, (seed, sch) in enumerate(sorted(schedules[n].items())):
                     if sch:
-                        ax.plot(range(1, len(sch["curve"]) + 1), sch["curve"], "-", color=colour, alpha=0.8,
-                                label=n if j == 0 else None)
+                        ep = [(e, v) for e, v in enumerate(sch["curve"], 1) if v is not None]  # validated epochs
+                        ax.plot(*zip(*ep), "-", color=colour, alpha=0.8, label=n if j == 0 else None)
             ax.set(xlabel="epoch", ylabel="val top-1 error (%) (centre crop)", ylim=(0, 92))
             if group:
                 ax.legend(fontsize=8, ncol=2)
@@ -144,8 +144,11 @@ def _plots(study, cells, schedules) -> list[str]:
     return files
 
 
-def recipe_lines(study) -> list[str]:
+def recipe_lines(study, schedules: dict | None = None) -> list[str]:
     cfg = study.cfg
+    # epochs the fixed schedule left unvalidated (StudyConfig.validate_first_rate), counted from the runs themselves
+    unvalidated = sum(sch["curve"].count(None) for by_seed in (schedules or {}).values() for sch in by_seed.values()
+                      if sch)
     seen = getattr(study, "precision_seen", None)
     precision = study.precision + (f" (measured: {seen})" if seen else "")
     rows = [
@@ -167,8 +170,10 @@ def recipe_lines(study) -> list[str]:
         ("learning rate", "1e-2; fine-tuning 1e-3", f"{cfg.lr:g}; fine-tuning {cfg.lr / 10:g}"),
         ("schedule", "lr / 10 when validation accuracy stops improving, 3 times, then stop (74 epochs)",
          (f"from scratch and from A fixed in epochs, not the paper's rule: {fixed_schedule(cfg)}, counted once above "
-          f"chance (the plateau rule's first fall came on noise here, BENCHMARKS.md); fine-tuning: the paper's rule, "
-          if cfg.rate_epochs else "the same, ")
+          f"chance (the plateau rule's first fall came on noise here, BENCHMARKS.md)"
+          + (f"; {unvalidated} epochs at lr {cfg.lr:g} after the first above chance were not validated (there "
+             f"validation decides nothing but the best epoch, and the best came later)" if unvalidated else "")
+          + "; fine-tuning: the paper's rule, " if cfg.rate_epochs else "the same, ")
          + f"'stops improving' = {cfg.patience} epochs without improvement, once above chance; epochs capped "
          f"at {cfg.max_epochs} from scratch, {cfg.init_epochs} from A, {cfg.finetune_epochs} fine-tuning"
          + (f"; the last {cfg.final_decay} epochs before a cap at lr / 10 where no plateau came first (a schedule cut "
@@ -239,7 +244,7 @@ def write_report(study, cells: dict) -> str:
              f"Command: `{command}`. Seeds: {', '.join(map(str, cfg.seeds))}. Cells: mean ± std over seeds of the error "
              f"in % (top-1 / top-5) on {cfg.test_images} test images; the paper's ILSVRC-2012 figures beside, for the "
              f"pattern, not the level.", ""]
-    lines += recipe_lines(study) + schedule_lines(study, schedules)
+    lines += recipe_lines(study, schedules) + schedule_lines(study, schedules)
 
     def table(title, header, rows):
         lines.extend([f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)])

@@ -64,6 +64,9 @@ class StudyConfig:
     # random streams, first fell at epochs 8 and 21 and ended at 20.6 and 15.5% test error. On 5,000 the same four
     # runs of D ended better in each pair (-1.59 ± 1.40 points) and half as spread (std 2.32 -> 1.24), C and E better
     # in all four pairs too (benchmarks/validation_size.py; BENCHMARKS.md, "When the rate falls").
+    validate_first_rate: bool = False  # validate the fixed schedule's epochs at lr once a net is above chance (off:
+    # skipped; they decide nothing but which epoch is best, and in every finished run of the study of 2026-11-25 the
+    # best was an epoch at lr / 10 or lower: 26-33 of 30-34). About 18 of a run's 30 validations of 5,000 images.
     max_epochs: int = 40            # cap on the from-scratch schedules (the report says which runs hit a cap)
     init_epochs: int = 40           # cap on the schedules of the nets initialised from net A. Caps of 24 and 20
     # stopped most nets before their schedule ended; on 5,000 validation images D's schedules ended at 27-35 epochs.
@@ -260,7 +263,7 @@ class Study:
         """Whether a finished run never left chance level (its best validation error within 5 points of it)."""
         if not (self.out / "runs" / run / "model.safetensors").is_file():
             return False
-        errs = [r["val_top1_err"] for r in records_of(self.out / "runs" / run)]
+        errs = [r["val_top1_err"] for r in records_of(self.out / "runs" / run) if "val_top1_err" in r]
         from .report import CHANCE_MARGIN  # the one definition of "did not learn", with the report's
 
         return bool(errs) and 100 * min(errs) >= 100 * (1 - 1 / 10) - CHANCE_MARGIN
@@ -323,7 +326,7 @@ class Study:
                 "patience": c.patience, "rate_epochs": None if finetune_from else c.rate_epochs or None,
                 "max_decays": c.max_decays, "precision": self.precision, "workers": c.workers,
                 "seed": seed + 1000 * attempt,
-                "give_up_at_chance": GIVE_UP,
+                "give_up_at_chance": GIVE_UP, "validate_first_rate": c.validate_first_rate,
                 "run_dir": str(d), "progress": sys.stderr.isatty(),
                 "max_epochs": c.finetune_epochs if finetune_from else c.init_epochs if init_from else c.max_epochs,
                 "lr": c.lr / 10 if finetune_from else c.lr, "resume": d.exists(),
@@ -358,9 +361,11 @@ class Study:
         lost = sum(r.get("train_seconds", 0) for k in range(restarts) for r in records(self.run_id(name, seed, k)))
         return {"epochs": len(recs), "decays": sum(r.get("schedule") == "decay" for r in recs), "restarts": restarts,
                 "lost_seconds": lost,
-                "ended": recs[-1].get("schedule") == "stop", "best_val": 100 * min(r["val_top1_err"] for r in recs),
+                "ended": recs[-1].get("schedule") == "stop",
+                "best_val": 100 * min(r["val_top1_err"] for r in recs if "val_top1_err" in r),
                 "seconds": sum(r.get("train_seconds", 0) for r in recs),
-                "curve": [100 * r["val_top1_err"] for r in recs]}
+                # None: an epoch the fixed schedule did not validate (StudyConfig.validate_first_rate)
+                "curve": [100 * r["val_top1_err"] if "val_top1_err" in r else None for r in recs]}
 
     # ------------------------------------------------------------------------------------------ evaluation
     def test_source(self):

@@ -30,10 +30,13 @@ class PlateauSchedule:
     decays: int = 0
     stopped: bool = False
 
-    def step(self, accuracy: float, cut_short: bool = False) -> str:
+    def step(self, accuracy: float | None, cut_short: bool = False) -> str:
         """Record one epoch's validation accuracy; returns "improved", "wait", "decay", "stop", "chance" or "gave up"
         (still at chance after `give_up` epochs, never having left it). `cut_short`: the epoch cap is near, so a
-        schedule that has not decayed yet decays now (TrainConfig.final_decay) unless the net is still at chance."""
+        schedule that has not decayed yet decays now (TrainConfig.final_decay) unless the net is still at chance.
+        None: an epoch not validated (`may_skip_validation`), counted by the fixed schedule: "not validated"."""
+        if accuracy is None and not self.may_skip_validation():
+            raise ValueError("only the fixed schedule, above chance, counts an epoch without its validation")
         action = self._step(accuracy)
         if cut_short and not self.rate_epochs and action in ("improved", "wait") and self.decays == 0 < self.max_decays:
             return self.decay()
@@ -42,7 +45,7 @@ class PlateauSchedule:
     def _step(self, accuracy: float) -> str:
         if self.stopped:
             return "stop"
-        if accuracy <= self.chance and not (self.rate_epochs and self.best > float("-inf")):
+        if accuracy is not None and accuracy <= self.chance and not (self.rate_epochs and self.best > float("-inf")):
             self.chance_epochs += self.best == float("-inf")
             if self.give_up and self.chance_epochs >= self.give_up and self.best == float("-inf"):
                 self.stopped = True
@@ -62,12 +65,18 @@ class PlateauSchedule:
             return "stop"
         return self.decay()
 
-    def _fixed(self, accuracy: float) -> str:
-        improved = accuracy > self.best + self.min_delta
-        self.best = max(self.best, accuracy)
+    def may_skip_validation(self) -> bool:
+        """Whether the next epoch's validation decides nothing here but which epoch is best: a fixed schedule, the net
+        above chance, still at its first rate (TrainConfig.validate_first_rate)."""
+        return bool(self.rate_epochs) and self.best > float("-inf") and self.decays == 0 and not self.stopped
+
+    def _fixed(self, accuracy: float | None) -> str:
+        improved = accuracy is not None and accuracy > self.best + self.min_delta
+        if accuracy is not None:
+            self.best = max(self.best, accuracy)
         self.rate_epoch += 1
         if self.rate_epoch < self.rate_epochs[self.decays]:
-            return "improved" if improved else "wait"
+            return "not validated" if accuracy is None else "improved" if improved else "wait"
         self.rate_epoch = 0
         if self.decays >= len(self.rate_epochs) - 1:
             self.stopped = True
