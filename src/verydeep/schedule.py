@@ -31,10 +31,11 @@ class PlateauSchedule:
     stopped: bool = False
 
     def step(self, accuracy: float | None, cut_short: bool = False) -> str:
-        """Record one epoch's validation accuracy; returns "improved", "wait", "decay", "stop", "chance" or "gave up"
-        (still at chance after `give_up` epochs, never having left it). `cut_short`: the epoch cap is near, so a
-        schedule that has not decayed yet decays now (TrainConfig.final_decay) unless the net is still at chance.
-        None: an epoch not validated (`may_skip_validation`), counted by the fixed schedule: "not validated"."""
+        """Record one epoch's validation accuracy; returns "improved", "wait", "decay", "stop", "chance", "gave up"
+        (still at chance after `give_up` epochs, never having left it) or "not validated" (`accuracy` None: an epoch
+        the fixed schedule counts without its validation, where `may_skip_validation`). `cut_short`: the epoch cap is
+        near, so a schedule that has not decayed yet decays now (TrainConfig.final_decay) unless the net is still at
+        chance."""
         if accuracy is None and not self.may_skip_validation():
             raise ValueError("only the fixed schedule, above chance, counts an epoch without its validation")
         action = self._step(accuracy)
@@ -42,7 +43,7 @@ class PlateauSchedule:
             return self.decay()
         return action
 
-    def _step(self, accuracy: float) -> str:
+    def _step(self, accuracy: float | None) -> str:
         if self.stopped:
             return "stop"
         if accuracy is not None and accuracy <= self.chance and not (self.rate_epochs and self.best > float("-inf")):
