@@ -9,7 +9,11 @@ from verydeep import fast
 from verydeep.errors import UserError
 from verydeep.fast import Conv, FastVGG, Winograd
 from verydeep.int8 import MaxPool
-from verydeep.precision import Precision, native_bf16
+from verydeep.precision import Precision, native_bf16, onednn_bf16
+
+# oneDNN's bf16 chain (packed weights, Winograd, streams) exists where oneDNN runs bf16; elsewhere (AVX2-only CPUs)
+# bf16 inference runs PyTorch's eager kernels (test_bf16_without_onednn_runs_the_eager_chain)
+needs_onednn_bf16 = pytest.mark.skipif(not onednn_bf16(), reason="oneDNN has no bf16 on this CPU (AVX2 only)")
 
 
 def small(name="A", seed=0, **kw):
@@ -65,6 +69,7 @@ def test_bf16_winograd_is_f2x2_within_a_small_multiple_of_direct_bf16s_error(sha
         assert err(out) < max(4 * err(direct), 1e-2)
 
 
+@needs_onednn_bf16
 def test_bf16_chain_runs_winograd_close_to_direct(monkeypatch):
     # every 3x3 layer of a bf16 chain by F(2x2): crops and odd-sized maps stay within bf16's tolerance of the fp32
     # reference, as the direct bf16 chain does
@@ -98,7 +103,7 @@ def test_fp32_equals_reference_on_crops_and_maps(name, winograd_from, monkeypatc
     assert rel(out, ref_map) < 1e-4
 
 
-@pytest.mark.parametrize("precision, tol", [("fp32", 1e-4), ("bf16", 5e-2)])
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-4), pytest.param("bf16", 5e-2, marks=needs_onednn_bf16)])
 def test_winograd_or_direct_timed_once_per_size_class(precision, tol, monkeypatch):
     # winograd="auto": every eligible layer runs whichever kernel it timed faster on the first input of a size class
     # (pixels to a power of two), remembered; the results are the convolution's either way
@@ -120,7 +125,7 @@ def test_winograd_or_direct_timed_once_per_size_class(precision, tol, monkeypatc
     assert [dict(p.chosen) for p in picks] == verdicts and not timed  # nothing timed again
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_onednn_bf16)])
 def test_streams_compute_what_one_stream_does(precision, monkeypatch):
     # a batch in two streams (one thread each, fast.STREAMS) gives the single-stream results, crops and maps; the
     # Winograd layers' buffers are per thread, and the thread count is restored
@@ -247,14 +252,36 @@ def test_errors_and_auto():
         Precision.resolve("int8", "cpu", training=True)
 
 
+@needs_onednn_bf16
 def test_bf16_packing_per_size_is_bounded_and_stable():
     m = small("A")
     net = FastVGG(m, "bf16")
-    if net._backend != "onednn":
-        pytest.skip("no oneDNN here")
     sizes = [torch.randn(2, 3, 32, 32), torch.randn(1, 3, 40, 56), torch.randn(3, 3, 48, 48)]
     first = net.score_map(sizes[0])
     for x in sizes[1:]:
         net.score_map(x)
     assert net.packed_sizes == 2  # least recently used packing dropped
     torch.testing.assert_close(net.score_map(sizes[0]), first)  # repacked for it, same numbers
+
+
+def test_bf16_without_onednn_runs_the_eager_chain(monkeypatch, caplog):
+    # a CPU whose oneDNN has no bf16 (AVX2 only: packing a bf16 weight raises there) runs bf16 inference on PyTorch's
+    # eager kernels, close to fp32 on crops and maps, and says once that bf16 is emulated there
+    import verydeep.precision as P
+
+    monkeypatch.setattr(fast, "onednn_bf16", lambda: False)
+    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx2"}))
+    P._warn_emulated.cache_clear()
+    m = small("D")
+    with caplog.at_level("WARNING", logger="verydeep"):
+        net = FastVGG(m, "bf16")
+        FastVGG(m, "bf16")
+    assert net.kernels() == ["eager"] and net.precision == "bf16"
+    assert sum("no native bf16" in r.getMessage() for r in caplog.records) == 1
+    assert Precision.resolve("auto", "cpu").name == "fp32"
+    x, big = torch.randn(4, 3, 32, 32), torch.randn(2, 3, 45, 61)
+    with torch.inference_mode():
+        ref, ref_map = m(x), m.score_map(big)
+        out, out_map = net(x), net.score_map(big)
+    assert out.dtype == out_map.dtype == torch.float32 and out_map.shape == ref_map.shape
+    assert rel(out, ref) < 5e-2 and rel(out_map, ref_map) < 5e-2

@@ -31,7 +31,7 @@ from .errors import ConfigError
 from .fast import FastVGG
 from .models import model_config, multiply_adds, vgg
 from .options import RunOptions
-from .precision import Precision, cpu_flags
+from .precision import BF16_SKIPPED, Precision, cpu_flags, native_bf16
 from .train import forward_backward, optimizer, update
 from .utils import keep_freed_memory, release_freed_memory
 
@@ -240,9 +240,10 @@ class Runner:
 def verydeep_runners(cfg: BenchConfig, model) -> list[Runner]:
     dev = cfg.device
     out = []
-    modes = ["eager-fp32", "fp32", "bf16"] + (["bf16-compiled"] if cfg.compile else [])
+    bf16 = native_bf16(torch.device(dev))  # emulated bf16 is not a mode anyone would pick: not timed
+    modes = ["eager-fp32", "fp32"] + (["bf16"] + (["bf16-compiled"] if cfg.compile else []) if bf16 else [])
     # the fast chain with its batch in two streams (fast.STREAMS, off by default): what streams gain or lose here
-    modes += ["fp32-streams", "bf16-streams", "int8"] if dev == "cpu" else []
+    modes += ["fp32-streams"] + (["bf16-streams"] if bf16 else []) + ["int8"] if dev == "cpu" else []
     for mode in modes:
         if mode == "eager-fp32":   # what a plain PyTorch VGG does
             net = model.to(dev)
@@ -260,8 +261,9 @@ def verydeep_runners(cfg: BenchConfig, model) -> list[Runner]:
                     return net(x)
             finally:
                 fast.STREAMS = saved
-        # int8 has no GEMM rate of its own here: it is set against bf16's, the fastest measured.
-        out.append(Runner(f"verydeep {mode}", run, "fp32" if "fp32" in mode else "bf16"))
+        # int8 has no GEMM rate of its own here: it is set against bf16's, the fastest measured (fp32's where bf16
+        # is not native).
+        out.append(Runner(f"verydeep {mode}", run, "fp32" if "fp32" in mode or not bf16 else "bf16"))
     return out
 
 
@@ -304,7 +306,6 @@ def openvino_runners(cfg: BenchConfig, model, tmp: Path) -> list[Runner]:
         print("peers: openvino not installed, skipped (pip install openvino nncf)")
         return []
     from .export import export_onnx
-    from .precision import native_bf16
 
     path = tmp / "vgg16.onnx"
     if not path.is_file():
@@ -464,18 +465,22 @@ def parity(cfg: BenchConfig) -> list[dict]:
     src = open_source(cfg.data, split="test") if (root / "test").is_dir() else open_source(cfg.data)
     cal = open_source(cfg.data, split="train") if (root / "train").is_dir() else src
     src = Subset(src, np.random.default_rng(0).permutation(len(src))[:cfg.parity_images], "parity subset")
+    precisions = ("fp32", "bf16", "int8", "int8-raw")
+    if not native_bf16(torch.device(cfg.device)):
+        print(f"parity: {BF16_SKIPPED}")
+        precisions = ("fp32", "int8", "int8-raw")
     rows = []
     for w in cfg.weights:
         model = load(w)
         q = model.train_scale[0] if model.train_scale else paper.default_test_scale(model.config.crop_size)
-        evs = {p: Evaluator(model, cfg.device, 32, 0, p, progress=False) for p in ("fp32", "bf16", "int8")}
+        evs = {p: Evaluator(model, cfg.device, 32, 0, p, progress=False) for p in precisions if p != "int8-raw"}
         evs["int8-raw"] = Evaluator(model, cfg.device, 32, 0, "int8", progress=False, recheck=0.0)
         evs["direct"] = Evaluator(model, cfg.device, 32, 0, "fp32", progress=False)
         evs["direct"].net = FastVGG(model, "fp32", cfg.device, winograd=False)
         for p in ("int8", "int8-raw"):
             evs[p].calibrate(cal, q)
         post = {p: ev.run(src, cfg.parity_protocols, [q]) for p, ev in evs.items()}
-        for p in ("fp32", "bf16", "int8", "int8-raw"):
+        for p in precisions:
             for protocol in cfg.parity_protocols:
                 a, b = post["direct"].combine(protocol, [q]), post[p].combine(protocol, [q])
                 ok = post["direct"].valid
@@ -522,9 +527,10 @@ def _run(cfg: BenchConfig) -> dict:
     print(f"machine: {info['cpu']}" + (f", {info['gpu']}" if "gpu" in info else "") +
           f"; {info['cores']} cores, {info['threads']} threads, torch {info['torch']}; "
           f"auto precision here: {Precision.resolve('auto', dev).name}; malloc {info['malloc']}", flush=True)
-    gemm = {"fp32": gemm_gflops(torch.float32, dev), "bf16": gemm_gflops(torch.bfloat16, dev)}
-    print(f"gemm      same-run GEMM rate: fp32 {gemm['fp32']:.1f} GFLOP/s, bf16 {gemm['bf16']:.1f} GFLOP/s",
-          flush=True)
+    bf16 = native_bf16(device)
+    gemm = {"fp32": gemm_gflops(torch.float32, dev)} | ({"bf16": gemm_gflops(torch.bfloat16, dev)} if bf16 else {})
+    print(f"gemm      same-run GEMM rate: fp32 {gemm['fp32']:.1f} GFLOP/s"
+          + (f", bf16 {gemm['bf16']:.1f} GFLOP/s" if bf16 else f"; {BF16_SKIPPED}"), flush=True)
     rows: list[dict] = []
     torch.manual_seed(0)
     model = vgg("D", init="glorot").eval()
@@ -537,10 +543,10 @@ def _run(cfg: BenchConfig) -> dict:
             rows += inference(cfg, runners, gemm)
         runners = []  # frees every net before training
     if "train" in cfg.sections:
-        rows.append(train_step("D", 224, 1.0, 4096, cfg.train_batch, "fp32", max(2, cfg.repeats // 2), dev, gemm))
-        rows.append(train_step("D", 224, 1.0, 4096, cfg.train_batch, "bf16", max(2, cfg.repeats // 2), dev, gemm))
+        for p in gemm:
+            rows.append(train_step("D", 224, 1.0, 4096, cfg.train_batch, p, max(2, cfg.repeats // 2), dev, gemm))
         for name in ("A", "D", "E"):  # the miniature study's nets (reproduce.py: crop 64, width 1/4, FC 512)
-            for p in ("fp32", "bf16"):
+            for p in gemm:
                 rows.append(train_step(name, 64, 0.25, 512, 64, p, cfg.repeats, dev, gemm))
     if "protocols" in cfg.sections:
         rows += protocols(cfg, model)

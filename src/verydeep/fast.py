@@ -11,7 +11,8 @@ Precisions:
   algorithm where that times faster on this machine, else directly (`Pick`): F(4x4, 3x3) in fp32 (`Winograd`: 4x
   fewer multiplies, fp32 throughout, within ~1e-5 of direct convolution), F(2x2, 3x3) in bf16 (2.25x fewer, about
   twice the rounding error of a direct bf16 convolution).
-- bf16 elsewhere (CUDA): the same chain as eager modules with bf16 weights, channels-last; `compile=True` hands it
+- bf16 elsewhere (CUDA, or a CPU whose oneDNN has no bf16: AVX2 only): the same chain as eager modules with bf16
+  weights, channels-last; `compile=True` hands it
   to torch.compile (one graph per input size: worth it for a long evaluation at few sizes, not for one image).
 - int8 on CPU: every convolution in 8 bits on oneDNN's quantised kernels, uint8 activations from the first layer to
   the last, float32 out (int8.py: per-channel symmetric weights, per-tensor activation ranges from calibration
@@ -37,7 +38,7 @@ from .errors import ConfigError, UserError
 from .int8 import MaxPool  # strided maxima: the float chains pool with it too (its docstring has the figures)
 from .models import VGG, check_memory
 from .paper import pooled_size
-from .precision import Precision, mkldnn_ok
+from .precision import Precision, mkldnn_ok, onednn_bf16
 from .share import shared_threads
 from .utils import keep_freed_memory
 
@@ -315,7 +316,7 @@ class FastVGG:
         if self.precision == "int8":
             self._backend = "int8"
             return
-        if self.device.type == "cpu" and mkldnn_ok() and not compile:
+        if self.device.type == "cpu" and mkldnn_ok() and not compile and (self.precision == "fp32" or onednn_bf16()):
             self._backend = "onednn"
             self._pack(winograd)
         else:
