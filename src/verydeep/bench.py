@@ -312,7 +312,8 @@ def openvino_runners(cfg: BenchConfig, model, tmp: Path) -> list[Runner]:
         export_onnx(model.cpu(), path)
     core = ov.Core()
     base = core.read_model(str(path))
-    variants = [("fp32", "f32", base)] + ([("bf16", "bf16", base)] if native_bf16(torch.device("cpu")) else [])
+    bf16 = native_bf16(torch.device("cpu"))
+    variants = [("fp32", "f32", base)] + ([("bf16", "bf16", base)] if bf16 else [])
     try:
         import nncf
 
@@ -336,7 +337,7 @@ def openvino_runners(cfg: BenchConfig, model, tmp: Path) -> list[Runner]:
                                                                                    dtype=np.float32))
             return compiled[batch].infer({0: x})
         out.append(Runner(f"openvino {ov.__version__.split('-')[0]} {name}", run,
-                          "fp32" if name == "fp32" else "bf16", section="peers"))
+                          "bf16" if name != "fp32" and bf16 else "fp32", section="peers"))  # as verydeep's int8
     return out
 
 
