@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import cpu_flags
+
 
 @dataclass
 class QParams:
@@ -48,14 +50,24 @@ class QParams:
         return (q.float() - self.zero_point) * self.scale
 
 
+def weight_levels() -> int:
+    """The largest weight code: 127 where the CPU multiplies 8-bit pairs into 32 bits (VNNI, AMX); 63 elsewhere. There
+    oneDNN's kernels add two uint8 x int8 products in a saturating int16 (vpmaddubsw), and 255 x 127 x 2 overflows
+    it: on an AVX2-only CPU a worst-case sum came out at half its value and random codes 4% off (tests/test_int8.py);
+    255 x 63 x 2 = 32,130 fits. The cost is one bit of weight precision, where PyTorch's FBGEMM gives up one of the
+    activations' (reduce_range) for the same reason."""
+    return 127 if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else 63
+
+
 class QConv:
     """One convolution: uint8 in (scale, zero point `qin`), uint8 out (`qout`) or float32 (`qout` None)."""
 
     def __init__(self, s, qin: QParams, qout: QParams | None):  # s: a fast.Conv
         w = s.weight.float()
-        # symmetric per output channel over [-127, 127] (-128 would have no positive twin)
-        self.w_scale = (w.abs().flatten(1).amax(1) / 127.0).clamp_min(1e-12).double()
-        self.w = torch.round(w / self.w_scale.float()[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
+        # symmetric per output channel over [-L, L] (-128 would have no positive twin; L: weight_levels)
+        levels = weight_levels()
+        self.w_scale = (w.abs().flatten(1).amax(1) / levels).clamp_min(1e-12).double()
+        self.w = torch.round(w / self.w_scale.float()[:, None, None, None]).clamp_(-levels, levels).to(torch.int8)
         self.w = self.w.contiguous(memory_format=torch.channels_last)
         self.w_zp = torch.zeros(len(self.w_scale), dtype=torch.int64)
         self.bias, self.padding, self.relu, self.qin, self.qout = s.bias.float(), s.padding, s.relu, qin, qout
