@@ -12,8 +12,8 @@ Precisions:
   fewer multiplies, fp32 throughout, within ~1e-5 of direct convolution), F(2x2, 3x3) in bf16 (2.25x fewer, about
   twice the rounding error of a direct bf16 convolution).
 - bf16 elsewhere (CUDA, or a CPU whose oneDNN has no bf16: AVX2 only): the same chain as eager modules with bf16
-  weights, channels-last; `compile=True` hands it
-  to torch.compile (one graph per input size: worth it for a long evaluation at few sizes, not for one image).
+  weights, channels-last; `compile=True` hands it to torch.compile (one graph per input size: worth it for a long
+  evaluation at few sizes, not for one image).
 - int8 on CPU: every convolution in 8 bits on oneDNN's quantised kernels, uint8 activations from the first layer to
   the last, float32 out (int8.py: per-channel symmetric weights, per-tensor activation ranges from calibration
   images, weights packed per input size). `evaluate.Evaluator` calibrates on a sample of real images and recomputes
