@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from verydeep.reproduce import records_of
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -19,11 +21,7 @@ def main() -> None:
     at_first = 0
     print(f"{'run':<14} {'epochs':>6} {'best':>5} {'its lr':>7}  first epoch at a lower rate  validated")
     for run in runs:
-        recs = {}
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            r = json.loads(line)
-            if r.get("kind") == "epoch":
-                recs[r["epoch"]] = r  # a full epoch replaces a partial one
+        recs = {r["epoch"]: r for r in records_of(run) if r.get("kind") == "epoch"}  # a full epoch replaces a partial
         ep = [recs[e] for e in sorted(recs)]
         val = [r for r in ep if "val_top1_err" in r]
         if not val:

@@ -18,7 +18,7 @@ from .errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # A CPU without AVX512-BF16 or AMX (an AVX2-only AMD EPYC, say) runs bf16 by PyTorch's emulation: measured on one,
 # matrix products at 1.2 GFLOP/s against fp32's 113, 3x3 convolutions 9x slower than fp32.
-BF16_SKIPPED = "bf16 skipped: this CPU has no native bf16 (no AVX512-BF16 or AMX; emulated, 10-100x slower than fp32)"
+BF16_SKIPPED = "bf16 skipped: this CPU has no native bf16 (no AVX512-BF16 or AMX; emulated, 9-100x slower than fp32)"
 log = logging.getLogger("verydeep")
 
 
@@ -52,7 +52,7 @@ def native_bf16(device: torch.device) -> bool:
 @lru_cache(maxsize=1)
 def _warn_emulated() -> None:
     log.warning("--precision bf16: this CPU has no native bf16 (no AVX512-BF16 or AMX), so PyTorch emulates it, "
-                "10-100x slower than fp32; --precision auto picks fp32 here")
+                "9-100x slower than fp32; --precision auto picks fp32 here")
 
 
 @dataclass(frozen=True)
