@@ -480,3 +480,67 @@ def test_loader_workers_are_forked_even_in_a_spawned_process(folder):
     jittered study task took 10.7 GB instead of 2.1."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert pool.submit(_start_methods_of_workers, folder).result() == ["fork", "fork"]
+
+
+def _cache_file(folder):
+    found = list((folder / ".verydeep-cache").glob("S64-*.bin"))
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def test_decoded_images_kept_on_disk_serve_the_same_batches_and_follow_the_files(folder, caplog):
+    """data/cache.py: the first fixed-S run writes the decoded images beside the data, the next reads them (the same
+    batches, no decode); an edited image rebuilds the file, and a damaged file is rebuilt, never trusted."""
+    from verydeep.data.loader import ImageCache
+
+    tf = TrainTransform(64, 64, crop=56)
+    cfg = LoaderConfig(batch_size=4, workers=0, seed=3, cache=True)
+    first = TrainLoader(ImageFolder(folder), tf, cfg)
+    assert not first.cache.from_disk and _cache_file(folder) is not None
+    again = TrainLoader(ImageFolder(folder), tf, cfg)
+    assert again.cache.from_disk and again.cache.sizes == first.cache.sizes
+    for a, b in zip(first.epoch(1), again.epoch(1), strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices)
+    # ImageFolder does not take the cache's dot folder for a class
+    assert ImageFolder(folder).classes == ["n01", "n02", "n03"]
+
+    target = folder / "n01" / "n01_0.JPEG"
+    write_jpeg(target, photo(90, 120, seed=99))  # another picture in the same file
+    edited = ImageCache(ImageFolder(folder), tf)
+    assert not edited.from_disk
+    fresh = ImageCache(ImageFolder(folder), tf, disk=False)
+    i = ImageFolder(folder).paths.index("n01/n01_0.JPEG")
+    assert np.array_equal(edited.images[i], fresh.images[i]) and ImageCache(ImageFolder(folder), tf).from_disk
+
+    path = _cache_file(folder)
+    good = path.read_bytes()
+    for damage in (good[:-1], good[:8] + (2**62).to_bytes(8, "little") + good[16:], b"VDIMGS01" + b"\0" * 8 + b"[]",
+                   good.replace(b'"shapes": [[', b'"shapes": [[-', 1)):
+        path.write_bytes(damage)
+        with caplog.at_level(logging.WARNING, "verydeep.data"):
+            caplog.clear()
+            rebuilt = ImageCache(ImageFolder(folder), tf)
+        assert not rebuilt.from_disk and "unusable image cache" in caplog.text
+        assert all(np.array_equal(a, b) for a, b in zip(rebuilt.images, fresh.images))
+        assert path.read_bytes() == good  # written again
+    assert not ImageCache(ImageFolder(folder), TrainTransform(60, 100, crop=56)).from_disk  # jittered S: memory only
+
+
+def test_decoded_images_are_not_kept_for_a_bad_image_or_a_read_only_folder(folder, monkeypatch):
+    from verydeep.data.loader import ImageCache
+
+    tf = TrainTransform(64, 64, crop=56)
+    bad_files(folder / "n02")
+    # a skip must not outlive its cause
+    assert ImageCache(ImageFolder(folder), tf).images and _cache_file(folder) is None
+    for f in (folder / "n02").iterdir():
+        if not f.name.startswith("n02_"):  # the bad files gone: only the fixture's own images left
+            f.unlink()
+    import verydeep.utils as U
+
+    def read_only(path, write):
+        raise U.write_error(path, PermissionError(13, "Permission denied"))
+
+    monkeypatch.setattr("verydeep.data.cache.atomic_write", read_only)
+    kept = ImageCache(ImageFolder(folder), tf)
+    assert kept.images and not kept.from_disk and _cache_file(folder) is None

@@ -51,6 +51,7 @@ class LoaderConfig:
     prefetch_factor: int = 4
     cache: bool | None = None      # decode every image once into memory (default: when it fits in cache_bytes)
     cache_bytes: int = 4 << 30     # memory the decoded images may take
+    keep_cache: bool = True        # a fixed S's decoded images kept on disk beside the data for the next run
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -77,16 +78,29 @@ class ImageCache:
     kept decoded (at the smallest DCT scale that keeps Smax) and each crop resizes only its own box. The views are
     those of the file path: the same draws (TrainTransform.view) from the same per-sample generators."""
 
-    def __init__(self, source: Source, transform: TrainTransform, progress: bool = False):
+    def __init__(self, source: Source, transform: TrainTransform, progress: bool = False, disk: bool = True):
+        """disk: at a fixed S, read the decoded images from their file beside the data (data/cache.py) when it is
+        current, else decode them and write it for the next run."""
         from tqdm import tqdm
 
         from ..transforms import BadImage, as_rgb, rescale
+        from . import cache
 
         self.fixed = transform.scale_min == transform.scale_max
         self.labels = np.asarray(source.labels(), np.int64)
         self.images: list = []
         self.sizes: list = []       # the decoded image's (W, H), from which the crop positions follow
         self.bytes = 0
+        self.from_disk = False
+        path = cache.location(source, transform.scale_min) if disk and self.fixed else None
+        if path is not None:
+            key = cache.fingerprint(source, transform.scale_min, transform.scale_max)
+            found = cache.load(path, key, len(source))
+            if found is not None:
+                self.images, self.sizes = found
+                self.bytes = sum(a.nbytes for a in self.images)
+                self.from_disk = True
+                return
         for i in tqdm(range(len(source)), desc="caching images", unit="img", disable=not progress,
                       mininterval=1.0):
             try:
@@ -99,6 +113,8 @@ class ImageCache:
             self.images.append(kept)
             self.bytes += kept.nbytes if isinstance(kept, np.ndarray) else (
                 kept.size[0] * kept.size[1] * 3 if not isinstance(kept, Skip) else 0)
+        if path is not None and not any(isinstance(a, Skip) for a in self.images):
+            cache.save(path, key, self.images, self.sizes)
 
     def view(self, i: int, transform: TrainTransform, rng) -> tuple[np.ndarray, np.ndarray]:
         from ..transforms import crop_resized
@@ -247,8 +263,9 @@ class TrainLoader:
         pin = torch.cuda.is_available() if cfg.pin_memory is None else cfg.pin_memory
         self.cache = None
         if cfg.cache or (cfg.cache is None and ImageCache.estimate(source, transform) <= cfg.cache_bytes):
-            self.cache = ImageCache(source, transform, progress)
-            log.info("%s: %d images decoded into memory (%.0f MB)", source.root, len(source), self.cache.bytes / 2**20)
+            self.cache = ImageCache(source, transform, progress, cfg.keep_cache)
+            how = "read decoded from disk" if self.cache.from_disk else "decoded into memory"
+            log.info("%s: %d images %s (%.0f MB)", source.root, len(source), how, self.cache.bytes / 2**20)
         # With the images in memory a crop is a slice: workers would cost more (processes fighting the compute
         # threads for the cores) than the crops themselves.
         workers = worker_options(0 if self.cache is not None and self.cache.fixed else cfg.workers)
