@@ -103,6 +103,33 @@ def test_fp32_equals_reference_on_crops_and_maps(name, winograd_from, monkeypatc
     assert rel(out, ref_map) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["C", "E"])
+def test_a_score_map_size_met_first_runs_its_head_as_a_matrix_product_then_is_packed(name, monkeypatch):
+    """fp32: a new input size runs the unpadded layers that do not cover their input (fc6 as a 2x2 convolution at a
+    64 crop, fc7, fc8 and C's 1x1 layers) as matrix products (fast.Gemm) and packs nothing; the size met again is
+    packed and kept. Both give the eager net's score maps; on crops the head covers its input: packed at once."""
+    torch.manual_seed(0)
+    m = vd.vgg(name, crop_size=64, width=0.125, fc_width=64, num_classes=10, init="kaiming").eval()
+    net = FastVGG(m, "fp32")
+    calls = []
+    monkeypatch.setattr(fast.Gemm, "__call__", lambda self, y, f=fast.Gemm.__call__: calls.append(self.k) or f(self, y))
+    big, other = torch.randn(2, 3, 130, 99), torch.randn(1, 3, 64, 100)  # maps 4x3 and 2x3 before fc6
+    with torch.inference_mode():
+        ref_big, ref_other = m.score_map(big), m.score_map(other)
+    ones = [(1, 1)] * (3 if name == "C" else 0)  # C's 1x1 layers (conv3_3, conv4_3, conv5_3)
+    first = net.score_map(big)
+    assert calls == ones + [(2, 2), (1, 1), (1, 1)] and net.packed_sizes == 0
+    assert first.shape == ref_big.shape == (2, 10, 3, 2) and rel(first, ref_big) < 1e-4
+    calls.clear()
+    assert rel(net.score_map(other), ref_other) < 1e-4 and len(calls) == len(ones) + 3
+    calls.clear()
+    again = net.score_map(big)  # met again: packed, kept
+    assert not calls and net.packed_sizes == 1 and rel(again, ref_big) < 1e-4
+    with torch.inference_mode():
+        ref = m(x := torch.randn(3, 3, 64, 64))
+    assert rel(net(x), ref) < 1e-4 and calls == ones  # a crop's head covers its 2x2 input: packed
+
+
 @pytest.mark.parametrize("precision, tol", [("fp32", 1e-4), pytest.param("bf16", 5e-2, marks=needs_onednn_bf16)])
 def test_winograd_or_direct_timed_once_per_size_class(precision, tol, monkeypatch):
     # winograd="auto": every eligible layer runs whichever kernel it timed faster on the first input of a size class

@@ -5,9 +5,9 @@ is fast here is fast, and correct, for dense evaluation of any size.
 
 Precisions:
 - fp32 and bf16 on CPU: oneDNN convolutions with the ReLU fused in (VGG's ReLU passes are pure memory traffic:
-  ~10% of an fp32 forward, ~20% of a bf16 one, measured layer by layer), weights pre-packed (bf16: for each input
-  size, as the AMX kernels want; fp32: for no size, but fc6 on crops), batch-norm folded into the convolutions,
-  activations channels-last. Each 3x3 convolution with at least WINOGRAD_MIN_CHANNELS inputs runs by Winograd's
+  ~10% of an fp32 forward, ~20% of a bf16 one, measured layer by layer), weights pre-packed for each input size,
+  as the kernels want (fp32: a score map's head runs as a matrix product the first time its size is met, `Gemm`),
+  batch-norm folded into the convolutions, activations channels-last. Each 3x3 convolution with at least WINOGRAD_MIN_CHANNELS inputs runs by Winograd's
   algorithm where that times faster on this machine, else directly (`Pick`): F(4x4, 3x3) in fp32 (`Winograd`: 4x
   fewer multiplies, fp32 throughout, within ~1e-5 of direct convolution), F(2x2, 3x3) in bf16 (2.25x fewer, about
   twice the rounding error of a direct bf16 convolution).
@@ -56,6 +56,8 @@ log = logging.getLogger("verydeep")
 # share.plan picks threads and streams per call (share.py), whatever STREAMS says.
 STREAMS = 1
 _POOLS: dict = {}
+# input sizes remembered as met once: a size met again within this many is packed for (FastVGG._ops_for)
+SEEN_SIZES = 64
 
 
 def _streams(jobs: list) -> torch.Tensor:
@@ -238,6 +240,26 @@ def _direct(y: torch.Tensor, op: tuple) -> torch.Tensor:
     return torch.ops.mkldnn._convolution_pointwise(y, w, b, p, [1, 1], [1, 1], 1, attr, [], "")
 
 
+class Gemm:
+    """An unpadded convolution (fc6 as a kxk convolution, fc7 and fc8 as 1x1, net C's 1x1 layers) run as one matrix
+    product of its input's kxk patches with its weights as they are: nothing to pack for the input's size. A score map
+    of a size seen for the first time runs its head this way (FastVGG._ops_for): packing VGG-16's fc6 for a size
+    takes 220-250 ms, more than the layer itself (15-270 ms), and whole images come in many sizes."""
+
+    def __init__(self, op: tuple):
+        w, b, _, attr = op
+        self.k, self.relu, self.b = tuple(w.shape[2:]), attr == "relu", b
+        self.w = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # (out, kh kw in): a view of the channels-last weight
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        x = y.permute(0, 2, 3, 1)  # channels-last: NHWC in memory
+        if self.k != (1, 1):  # (N, H', W', C, kh, kw) -> (N, H', W', kh kw C), the weights' order
+            x = x.unfold(1, self.k[0], 1).unfold(2, self.k[1], 1).permute(0, 1, 2, 4, 5, 3)
+            x = x.reshape(*x.shape[:3], -1)
+        out = torch.nn.functional.linear(x, self.w, self.b)
+        return (out.relu_() if self.relu else out).permute(0, 3, 1, 2)  # channels-last again
+
+
 @dataclass
 class Op:
     """A layer kept as it is (max-pooling, LRN)."""
@@ -374,29 +396,32 @@ class FastVGG:
             else:
                 self._ops.append(s.module)
         self._by_shape: OrderedDict[tuple, list] = OrderedDict()
-        self._size_free: dict[int, torch.Tensor] = {}  # fp32: one packing of each layer serves every size
+        self._seen: OrderedDict[tuple, None] = OrderedDict()  # input sizes met once (fp32: see _ops_for)
 
-    def _pack_weight(self, op: tuple, size: list) -> torch.Tensor:
-        """One layer's weights in oneDNN's blocked layout for inputs of `size` (N, C, H, W). The bf16 (AMX) kernels
-        pick their layout by input size: packed for another size, every call reorders all weights (VGG-16 bf16 at
-        batch 1: 6.0 img/s packed for no size, 15.5 packed for its own). fp32 packs for no size, except a layer
-        whose kernel covers its whole input (fc6 on crops: a matrix product; VGG-16 batch 8, 9.5 ms packed for its
-        size against 28 ms, measured one-off; no other layer differed by more than 3%)."""
+    @staticmethod
+    def _pack_weight(op: tuple, size: list) -> torch.Tensor:
+        """One layer's weights in oneDNN's blocked layout for inputs of `size` (N, C, H, W), in every precision.
+        The kernels pick their layout by input size, and weights packed for another size (or for none) are reordered
+        on every call, or run on a slow path: VGG-16 bf16 at batch 1, 6.0 img/s packed for no size against 15.5
+        packed for its own; fp32 on an AVX2-only EPYC (one-off timings, 2 threads), VGG-16's fc6 on a 12 x 16 map
+        3.7 s packed for no size against 94 ms, fc7 on 3 x 3 542 ms against 3.1, conv5 on 24 x 32 126 ms against 22,
+        and the study's 1/8-wide fc7 on 1 x 2 8.1 ms against 0.08 (BENCHMARKS.md)."""
         wt, _, p, _ = op
-        if self.precision != "fp32" or (p == [0, 0] and tuple(size[2:]) == tuple(wt.shape[2:])):
-            return torch.ops.mkldnn._reorder_convolution_weight(wt, p, [1, 1], [1, 1], 1, size)
-        if id(op) not in self._size_free:
-            self._size_free[id(op)] = torch.ops.mkldnn._reorder_convolution_weight(wt, p, [1, 1], [1, 1], 1, None)
-        return self._size_free[id(op)]
+        return torch.ops.mkldnn._reorder_convolution_weight(wt, p, [1, 1], [1, 1], 1, size)
 
-    def _packed(self, shape: tuple) -> list:
-        """The chain's steps for inputs of `shape` (N, H, W), weights packed for it (`_pack_weight`)."""
+    def _packed(self, shape: tuple, heads: bool = True) -> list:
+        """The chain's steps for inputs of `shape` (N, H, W), weights packed for it (`_pack_weight`); heads=False
+        runs the unpadded layers whose kernel does not cover their input (the head of a score map) as `Gemm`s."""
         out = []
         n, h, w = shape
         for op in self._ops:
             if isinstance(op, (tuple, Pick)):
                 d = op if isinstance(op, tuple) else op.direct
                 wt, b, p, attr = d
+                if not heads and p == [0, 0] and (h, w) != tuple(wt.shape[2:]):
+                    out.append(Gemm(d))
+                    h, w = h - wt.shape[2] + 1, w - wt.shape[3] + 1
+                    continue
                 packed = (self._pack_weight(d, [n, wt.shape[1], h, w]), b, p, attr)
                 out.append(packed if isinstance(op, tuple) else partial(op, direct=packed))
                 h, w = h + 2 * p[0] - wt.shape[2] + 1, w + 2 * p[1] - wt.shape[3] + 1
@@ -411,7 +436,15 @@ class FastVGG:
         return out
 
     def _ops_for(self, shape: torch.Size) -> list:
+        """The steps for inputs of this shape. fp32: a size met for the first time runs its head by `Gemm` and keeps
+        nothing (packing the head's weights costs more than running it once); met again, it is packed and kept.
+        (bf16 packs at once, as measured on the AMX and AVX512-BF16 machines; its matrix products were not timed.)"""
         key = (shape[0], shape[2], shape[3])
+        if self.precision == "fp32" and key not in self._by_shape and key not in self._seen:
+            self._seen[key] = None
+            while len(self._seen) > SEEN_SIZES:
+                self._seen.popitem(last=False)
+            return self._packed(key, heads=False)
         if key not in self._by_shape:
             self._by_shape[key] = self._packed(key)
             while len(self._by_shape) > 2:  # a crop batch size and a dense size stay packed; 2 copies of weights
