@@ -90,8 +90,8 @@ class TrainConfig(RunOptions):
     # crop is then a slice)
     cache: bool | None = None          # decode the training images into memory once (default: when they fit in
     # 4 GB)
-    keep_cache: bool = True            # and, at a fixed S, keep them decoded in <data>/.verydeep-cache for the
-    # next run at that S (read back in 0.5 s against a 17 s decode of the study's 20,000 images: data/cache.py)
+    keep_cache: bool = True            # at a fixed S, keep the decoded images in <data>/.verydeep-cache for the
+    # next run at that S (read back in 0.5 s against a 14-18 s decode of the study's 20,000 images: data/cache.py)
     seed: int = 0                      # seed of initialisation, crops, flips, colour shifts and dropout masks
     max_skip_fraction: float = 0.01    # stop when more than this fraction of images is unusable
     eval_batch: int | None = None      # validation batch (default: the micro-batch)
