@@ -128,6 +128,7 @@ def test_a_score_map_size_met_first_runs_its_head_as_a_matrix_product_then_is_pa
     with torch.inference_mode():
         ref = m(x := torch.randn(3, 3, 64, 64))
     assert rel(net(x), ref) < 1e-4 and calls == ones  # a crop's head covers its 2x2 input: packed
+    assert net.packed_sizes == (1 if name == "C" else 2)  # nothing ran as a matrix product (E): kept at once
 
 
 @pytest.mark.parametrize("precision, tol", [("fp32", 1e-4), pytest.param("bf16", 5e-2, marks=needs_onednn_bf16)])

@@ -7,8 +7,9 @@ Precisions:
 - fp32 and bf16 on CPU: oneDNN convolutions with the ReLU fused in (VGG's ReLU passes are pure memory traffic:
   ~10% of an fp32 forward, ~20% of a bf16 one, measured layer by layer), weights pre-packed for each input size,
   as the kernels want (fp32: a score map's head runs as a matrix product the first time its size is met, `Gemm`),
-  batch-norm folded into the convolutions, activations channels-last. Each 3x3 convolution with at least WINOGRAD_MIN_CHANNELS inputs runs by Winograd's
-  algorithm where that times faster on this machine, else directly (`Pick`): F(4x4, 3x3) in fp32 (`Winograd`: 4x
+  batch-norm folded into the convolutions, activations channels-last. Each 3x3 convolution with at least
+  WINOGRAD_MIN_CHANNELS inputs runs by Winograd's algorithm where that times faster on this machine, else directly
+  (`Pick`): F(4x4, 3x3) in fp32 (`Winograd`: 4x
   fewer multiplies, fp32 throughout, within ~1e-5 of direct convolution), F(2x2, 3x3) in bf16 (2.25x fewer, about
   twice the rounding error of a direct bf16 convolution).
 - bf16 elsewhere (CUDA, or a CPU whose oneDNN has no bf16: AVX2 only): the same chain as eager modules with bf16
@@ -440,13 +441,17 @@ class FastVGG:
         nothing (packing the head's weights costs more than running it once); met again, it is packed and kept.
         (bf16 packs at once, as measured on the AMX and AVX512-BF16 machines; its matrix products were not timed.)"""
         key = (shape[0], shape[2], shape[3])
-        if self.precision == "fp32" and key not in self._by_shape and key not in self._seen:
-            self._seen[key] = None
-            while len(self._seen) > SEEN_SIZES:
-                self._seen.popitem(last=False)
-            return self._packed(key, heads=False)
         if key not in self._by_shape:
-            self._by_shape[key] = self._packed(key)
+            ops = None
+            if self.precision == "fp32" and key not in self._seen:
+                self._seen[key] = None
+                while len(self._seen) > SEEN_SIZES:
+                    self._seen.popitem(last=False)
+                ops = self._packed(key, heads=False)
+                if any(isinstance(op, Gemm) for op in ops):
+                    return ops
+                # else nothing ran as a matrix product (crops: the head covers its input): packed already, kept
+            self._by_shape[key] = ops if ops is not None else self._packed(key)
             while len(self._by_shape) > 2:  # a crop batch size and a dense size stay packed; 2 copies of weights
                 self._by_shape.popitem(last=False)
         self._by_shape.move_to_end(key)

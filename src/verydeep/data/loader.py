@@ -84,7 +84,7 @@ class ImageCache:
         from tqdm import tqdm
 
         from ..transforms import BadImage, as_rgb, rescale
-        from . import cache
+        from .cache import fingerprint, load, location, save
 
         self.fixed = transform.scale_min == transform.scale_max
         self.labels = np.asarray(source.labels(), np.int64)
@@ -92,10 +92,10 @@ class ImageCache:
         self.sizes: list = []       # the decoded image's (W, H), from which the crop positions follow
         self.bytes = 0
         self.from_disk = False
-        path = cache.location(source, transform.scale_min) if disk and self.fixed else None
+        path = location(source, transform.scale_min) if disk and self.fixed else None
         if path is not None:
-            key = cache.fingerprint(source, transform.scale_min, transform.scale_max)
-            found = cache.load(path, key, len(source))
+            key = fingerprint(source, transform.scale_min, transform.scale_max)
+            found = load(path, key, len(source))
             if found is not None:
                 self.images, self.sizes = found
                 self.bytes = sum(a.nbytes for a in self.images)
@@ -114,7 +114,7 @@ class ImageCache:
             self.bytes += kept.nbytes if isinstance(kept, np.ndarray) else (
                 kept.size[0] * kept.size[1] * 3 if not isinstance(kept, Skip) else 0)
         if path is not None and not any(isinstance(a, Skip) for a in self.images):
-            cache.save(path, key, self.images, self.sizes)
+            save(path, key, self.images, self.sizes)
 
     def view(self, i: int, transform: TrainTransform, rng) -> tuple[np.ndarray, np.ndarray]:
         from ..transforms import crop_resized
