@@ -514,6 +514,11 @@ def test_decoded_images_kept_on_disk_serve_the_same_batches_and_follow_the_files
 
     path = _cache_file(folder)
     good = path.read_bytes()
+    import os
+    old, now = path.parent / f".{path.name}.killed.tmp", path.parent / f".{path.name}.writing.tmp"
+    for f in (old, now):
+        f.write_bytes(b"half a write")
+    os.utime(old, (1, 1))  # left by a write killed long ago; `now` may be another process's write in progress
     for damage in (good[:-1], good[:8] + (2**62).to_bytes(8, "little") + good[16:], b"VDIMGS01" + b"\0" * 8 + b"[]",
                    good.replace(b'"shapes": [[', b'"shapes": [[-', 1)):
         path.write_bytes(damage)
@@ -523,6 +528,7 @@ def test_decoded_images_kept_on_disk_serve_the_same_batches_and_follow_the_files
         assert not rebuilt.from_disk and "unusable image cache" in caplog.text
         assert all(np.array_equal(a, b) for a, b in zip(rebuilt.images, fresh.images))
         assert path.read_bytes() == good  # written again
+    assert not old.exists() and now.exists()
     assert not ImageCache(ImageFolder(folder), TrainTransform(60, 100, crop=56)).from_disk  # jittered S: memory only
 
 

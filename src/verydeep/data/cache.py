@@ -18,13 +18,14 @@ import json
 import logging
 import os
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
 
 from ..version import __version__
 from ..errors import UserError
-from ..utils import atomic_write
+from ..utils import TMP_SUFFIX, atomic_write
 from .sources import Source, _FileSource
 
 log = logging.getLogger("verydeep.data")
@@ -32,7 +33,8 @@ log = logging.getLogger("verydeep.data")
 MAGIC = b"VDIMGS01"
 FOLDER = ".verydeep-cache"
 ALIGN = 64
-HEADER_PER_IMAGE = 1024  # bytes of header an image may take (its shape, or a skip's reason): the bound on reading it
+STALE_SECONDS = 3600   # a temporary file of a write this old was left by a killed one
+HEADER_PER_IMAGE = 1024  # bytes of header an image may take (its shape and decoded size): the bound on reading it
 
 
 def _base(source: Source) -> Source:
@@ -114,6 +116,12 @@ def save(path: Path, key: str, images: list, sizes: list) -> bool:
             for a in images:
                 f.write(np.ascontiguousarray(a, np.uint8).tobytes())
 
+    for old in path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"):  # a write killed outright (SIGKILL, power loss)
+        try:
+            if time.time() - old.stat().st_mtime > STALE_SECONDS:  # not another process writing it now
+                old.unlink()
+        except OSError:
+            pass
     try:
         atomic_write(path, write)
     except UserError as e:  # read-only data, a full disk: the cache is an optimisation, never a reason to stop
