@@ -499,6 +499,13 @@ def test_decoded_images_kept_on_disk_serve_the_same_batches_and_follow_the_files
     assert not first.cache.from_disk and _cache_file(folder) is not None
     again = TrainLoader(ImageFolder(folder), tf, cfg)
     assert again.cache.from_disk and again.cache.sizes == first.cache.sizes
+    import os
+    cwd = os.getcwd()
+    try:  # the folder named relative to another working directory: the same file
+        os.chdir(folder.parent)
+        assert ImageCache(ImageFolder(folder.name), tf).from_disk
+    finally:
+        os.chdir(cwd)
     for a, b in zip(first.epoch(1), again.epoch(1), strict=True):
         assert torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices)
     # ImageFolder does not take the cache's dot folder for a class
@@ -514,7 +521,6 @@ def test_decoded_images_kept_on_disk_serve_the_same_batches_and_follow_the_files
 
     path = _cache_file(folder)
     good = path.read_bytes()
-    import os
     old, now = path.parent / f".{path.name}.killed.tmp", path.parent / f".{path.name}.writing.tmp"
     for f in (old, now):
         f.write_bytes(b"half a write")

@@ -48,20 +48,25 @@ def location(source: Source, s: int) -> Path | None:
     base = _base(source)
     if not isinstance(base, _FileSource) or not Path(base.root).is_dir():
         return None
-    which = hashlib.sha256("\n".join(source.path(i) for i in range(len(source))).encode()).hexdigest()[:16]
+    which = hashlib.sha256("\n".join(_names(source)).encode()).hexdigest()[:16]
     return Path(base.root) / FOLDER / f"S{s}-{which}.bin"
+
+
+def _names(source: Source) -> list[str]:
+    """The images' paths inside the data folder: the same file whether the folder was named relative or absolute."""
+    root = str(_base(source).root)
+    return [os.path.relpath(source.path(i), root) for i in range(len(source))]
 
 
 def fingerprint(source: Source, s: int, s_max: int) -> str:
     """What the file's pixels depend on: each image's path, size and modification time, and the decode's settings."""
     h = hashlib.sha256(f"{MAGIC.decode()} verydeep {__version__} S {s} decode {s_max} n {len(source)}\n".encode())
-    for i in range(len(source)):
-        p = source.path(i)
+    for i, name in enumerate(_names(source)):
         try:
-            st = os.stat(p)
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            st = os.stat(source.path(i))
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
-            h.update(f"{p}\0missing\n".encode())
+            h.update(f"{name}\0missing\n".encode())
     return h.hexdigest()
 
 
