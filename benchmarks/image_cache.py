@@ -39,7 +39,7 @@ def main() -> int:
         build(a.data, MiniConfig(train_per_class=2000, val_per_class=100), progress=True)
     src = open_source(a.data, split="train")
     tf = TrainTransform(a.s, a.s, crop=64)
-    path = cache.location(src, a.s)
+    path = cache.identify(src, a.s, a.s)[0]
     print(f"{machine('cpu')['cpu']}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads; {len(src)} images of {src.root} at S = {a.s} -> {path}")
     times: dict = {"decode": [], "write": [], "read": []}

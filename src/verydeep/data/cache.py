@@ -43,31 +43,26 @@ def _base(source: Source) -> Source:
     return source
 
 
-def location(source: Source, s: int) -> Path | None:
-    """The file for this source's images at S, or None where the images are not files on disk."""
+def identify(source: Source, s: int, s_max: int) -> tuple[Path, str] | None:
+    """(the file for this source's images at S, the fingerprint its header must hold), or None where the images are
+    not files on disk. The file is named by the images' paths inside the data folder (the same file whether the folder
+    was named relative or absolute); the fingerprint adds each one's size and modification time, and the decode's
+    settings: what the file's pixels depend on."""
     base = _base(source)
     if not isinstance(base, _FileSource) or not Path(base.root).is_dir():
         return None
-    which = hashlib.sha256("\n".join(_names(source)).encode()).hexdigest()[:16]
-    return Path(base.root) / FOLDER / f"S{s}-{which}.bin"
-
-
-def _names(source: Source) -> list[str]:
-    """The images' paths inside the data folder: the same file whether the folder was named relative or absolute."""
-    root = str(_base(source).root)
-    return [os.path.relpath(source.path(i), root) for i in range(len(source))]
-
-
-def fingerprint(source: Source, s: int, s_max: int) -> str:
-    """What the file's pixels depend on: each image's path, size and modification time, and the decode's settings."""
+    root = str(base.root) + os.sep  # the prefix the folder's own paths are built on
+    paths = [source.path(i) for i in range(len(source))]
+    names = [p[len(root):] if p.startswith(root) else os.path.relpath(p, root) for p in paths]
+    which = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
     h = hashlib.sha256(f"{MAGIC.decode()} verydeep {__version__} S {s} decode {s_max} n {len(source)}\n".encode())
-    for i, name in enumerate(_names(source)):
+    for p, name in zip(paths, names):
         try:
-            st = os.stat(source.path(i))
+            st = os.stat(p)
             h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{name}\0missing\n".encode())
-    return h.hexdigest()
+    return Path(base.root) / FOLDER / f"S{s}-{which}.bin", h.hexdigest()
 
 
 def load(path: Path, key: str, n: int) -> tuple[list, list] | None:
@@ -99,7 +94,8 @@ def load(path: Path, key: str, n: int) -> tuple[list, list] | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as e:
         log.warning("%s: unusable image cache (%s); rebuilding it", path, str(e)[:120])
         return None
-    buf = np.memmap(path, np.uint8, "r", offset=start, shape=(size - start,))
+    # a plain array over the map (slicing a memmap makes memmap objects: a third of the read for 20,000 images)
+    buf = np.memmap(path, np.uint8, "r", offset=start, shape=(size - start,)).view(np.ndarray)
     images, offset = [], 0
     for s, c in zip(shapes, counts):
         images.append(buf[offset:offset + c].reshape(s[0], s[1], 3))

@@ -84,7 +84,7 @@ class ImageCache:
         from tqdm import tqdm
 
         from ..transforms import BadImage, as_rgb, rescale
-        from .cache import fingerprint, load, location, save
+        from .cache import identify, load, save
 
         self.fixed = transform.scale_min == transform.scale_max
         self.labels = np.asarray(source.labels(), np.int64)
@@ -92,9 +92,9 @@ class ImageCache:
         self.sizes: list = []       # the decoded image's (W, H), from which the crop positions follow
         self.bytes = 0
         self.from_disk = False
-        path = location(source, transform.scale_min) if disk and self.fixed else None
+        where = identify(source, transform.scale_min, transform.scale_max) if disk and self.fixed else None
+        path, key = where or (None, None)
         if path is not None:
-            key = fingerprint(source, transform.scale_min, transform.scale_max)
             found = load(path, key, len(source))
             if found is not None:
                 self.images, self.sizes = found
