@@ -9,9 +9,8 @@ Precisions:
   as the kernels want (fp32: a score map's head runs as a matrix product the first time its size is met, `Gemm`),
   batch-norm folded into the convolutions, activations channels-last. Each 3x3 convolution with at least
   WINOGRAD_MIN_CHANNELS inputs runs by Winograd's algorithm where that times faster on this machine, else directly
-  (`Pick`): F(4x4, 3x3) in fp32 (`Winograd`: 4x
-  fewer multiplies, fp32 throughout, within ~1e-5 of direct convolution), F(2x2, 3x3) in bf16 (2.25x fewer, about
-  twice the rounding error of a direct bf16 convolution).
+  (`Pick`): F(4x4, 3x3) in fp32 (`Winograd`: 4x fewer multiplies, fp32 throughout, within ~1e-5 of direct
+  convolution), F(2x2, 3x3) in bf16 (2.25x fewer, about twice the rounding error of a direct bf16 convolution).
 - bf16 elsewhere (CUDA, or a CPU whose oneDNN has no bf16: AVX2 only): the same chain as eager modules with bf16
   weights, channels-last; `compile=True` hands it to torch.compile (one graph per input size: worth it for a long
   evaluation at few sizes, not for one image).
