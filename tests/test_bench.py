@@ -11,16 +11,19 @@ import verydeep as vd
 from verydeep import fast
 from verydeep.bench import BenchConfig, PeakMemory
 from verydeep.errors import ConfigError
+from verydeep.models import model_config, multiply_adds
 from verydeep.precision import BF16_SKIPPED, native_bf16
 from verydeep.cli import main
 from conftest import tiny
 
 
 def test_bench_inference_and_peers_json(tmp_path, capsys):
+    # the bench's own mechanics on VGG-16 at width x1/8 (seconds, not the minute the full net takes here); the
+    # full net's figures are BENCHMARKS.md's
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.json"
     assert main(["bench", "--only", "gemm,inference,peers", "--batches", "2", "--repeats", "1", "--no-compile",
-                 "--json", str(out)]) == 0
+                 "--width", "0.125", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     modes = {r["mode"] for r in res["rows"]}
     assert res["gemm_gflops"]["fp32"] > 0
@@ -32,13 +35,36 @@ def test_bench_inference_and_peers_json(tmp_path, capsys):
     else:
         assert "bf16" not in res["gemm_gflops"] and not bf16 & modes
     assert any(m.startswith("onnxruntime ") and "fp32" in m for m in modes)
+    assert not any(m.startswith("keras") for m in modes)  # Keras' VGG16 has one width
+    macs = multiply_adds(model_config("D", width=0.125, fc_width=512), 224)
+    # conv and FC widths both at 1/8: 1/64 of VGG-16's multiply-adds, but 1/8 for conv1_1 (3 input channels) and
+    # fc8 (1000 outputs)
+    conv1_1, fc8 = 224 * 224 * 9 * 3 * 64, 4096 * 1000
+    assert macs == pytest.approx((15.470264e9 - conv1_1 - fc8) / 64 + (conv1_1 + fc8) / 8, rel=1e-5)
     for r in res["rows"]:
         assert r["batch"] == 2 and r["images_per_s"] > 0 and r["range"][0] <= r["images_per_s"] <= r["range"][1]
-        # GFLOP/s is 2 x 15.47 G multiply-adds per image
-        assert r["gflops"] == pytest.approx(2 * 15.470264 * r["images_per_s"], rel=1e-3)
+        assert r["gflops"] == pytest.approx(2 * macs / 1e9 * r["images_per_s"], rel=1e-6)
     text = capsys.readouterr().out
-    assert "same-run GEMM rate" in text and "x ONNX Runtime fp32" in text
+    assert "same-run GEMM rate" in text and "x ONNX Runtime fp32" in text and "width x0.125" in text
+    assert "keras' VGG16 is full-width only" in text
     assert (BF16_SKIPPED in text) != native_bf16(torch.device("cpu"))
+
+
+def test_keras_peer_runs_vgg16(capsys):
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("Keras runs another backend here")
+    from verydeep.bench import keras_runner
+
+    (r,) = keras_runner(BenchConfig(device="cpu"))
+    assert r.section == "peers" and r.mode.startswith(f"keras {keras.__version__} VGG16")
+    assert tuple(r.run(1).shape) == (1, 1000)
+
+
+def test_bench_width_is_checked():
+    for w in (0, 1.5):
+        with pytest.raises(ConfigError, match=f"--width {w}: choose a multiplier in"):
+            BenchConfig(width=w)
 
 
 def test_bench_parity_on_real_images(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ from . import fast, paper
 from .config import repeated
 from .errors import ConfigError
 from .fast import FastVGG
-from .models import model_config, multiply_adds, vgg
+from .models import multiply_adds, vgg
 from .options import RunOptions
 from .precision import BF16_SKIPPED, Precision, cpu_flags, native_bf16
 from .train import forward_backward, optimizer, update
@@ -51,6 +51,8 @@ class BenchConfig(RunOptions):
     parity_protocols: list[str] = field(default_factory=lambda: ["center", "dense"])  # parity: at the net's Q
     # (multicrop: 50 crops an image; int8 rechecks their mean)
     compile: bool = True           # also time the torch.compile'd chain (it compiles once per input size)
+    width: float = 1.0             # VGG-16's convolution and FC widths times this (1: the paper's net; x1/8 runs the
+    # whole bench in seconds, a check of the bench itself; Keras' VGG16 is full-width only)
     load: int = 0                  # CPU-bound processes started beside the measurement (a shared host, a CI runner)
     json: str | None = None        # write every figure to this JSON file
 
@@ -68,6 +70,8 @@ class BenchConfig(RunOptions):
             raise ConfigError("--repeats, --batches and --train-batch must be at least 1")
         if self.load < 0:
             raise ConfigError("--load must be 0 or more")
+        if not 0 < self.width <= 1:
+            raise ConfigError(f"--width {self.width}: choose a multiplier in (0, 1]")
         from .evaluate import single_protocols
 
         if not self.parity_protocols or set(self.parity_protocols) - set(single_protocols()):
@@ -215,11 +219,7 @@ def gemm_gflops(dtype: torch.dtype, device: str = "cpu", repeats: int = 10) -> f
     return gemm_best(ops, repeats, device)
 
 
-VGG16_MACS = multiply_adds(model_config("D"), 224)  # 15.47 G
-
-
-def _row(kind: str, mode: str, batch: int, t: dict, gemm: float | None, macs: int = VGG16_MACS,
-         passes: int = 1) -> dict:
+def _row(kind: str, mode: str, batch: int, t: dict, gemm: float | None, macs: int, passes: int = 1) -> dict:
     rate = batch / t["seconds"]
     gflops = passes * 2 * macs * rate / 1e9
     return {"section": kind, "mode": mode, "batch": batch, "images_per_s": rate,
@@ -342,6 +342,9 @@ def openvino_runners(cfg: BenchConfig, model, tmp: Path) -> list[Runner]:
 
 
 def keras_runner(cfg: BenchConfig) -> list[Runner]:
+    if cfg.width != 1:
+        print(f"peers: keras' VGG16 is full-width only, skipped at --width {cfg.width:g}")
+        return []
     os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
         import keras
@@ -361,7 +364,7 @@ def keras_runner(cfg: BenchConfig) -> list[Runner]:
     return [Runner(f"keras {keras.__version__} VGG16 fp32", run, section="peers")]
 
 
-def inference(cfg: BenchConfig, runners: list[Runner], gemm: dict) -> list[dict]:
+def inference(cfg: BenchConfig, runners: list[Runner], gemm: dict, macs: int) -> list[dict]:
     """Every runner at every batch size, in interleaved rounds (one call of each per round) so that a slow spell
     of a shared machine hits them all alike; the median over rounds. The first call of each (compilation,
     first-touch) is timed apart; peak memory is taken over the second."""
@@ -387,7 +390,7 @@ def inference(cfg: BenchConfig, runners: list[Runner], gemm: dict) -> list[dict]
         for r in runners:
             t = {"seconds": statistics.median(times[r.mode]), "min": min(times[r.mode]),
                  "max": max(times[r.mode]), "peak_mib": peak[r.mode]}
-            rows.append(_row(r.section, r.mode, batch, t, gemm[r.limit]))
+            rows.append(_row(r.section, r.mode, batch, t, gemm[r.limit], macs))
             rows[-1]["first_call_s"] = first[r.mode]
             print(_fmt(rows[-1]) + (f"  (first call {first[r.mode]:.1f} s)" if "compiled" in r.mode else ""),
                   flush=True)
@@ -438,7 +441,7 @@ def protocols(cfg: BenchConfig, model) -> list[dict]:
     for protocol in ("dense", "multicrop"):
         t = timed(lambda: predict_image(model, img, protocol, scales, evaluator=ev), max(1, cfg.repeats // 3),
                   cfg.device)
-        macs = (50 * VGG16_MACS * 3 if protocol == "multicrop" else
+        macs = (50 * multiply_adds(model.config, 224) * 3 if protocol == "multicrop" else
                 sum(2 * multiply_adds(model.config, *scaled_size(500, 375, q)[::-1]) for q in scales))
         rows.append({"section": "protocols", "mode": f"{protocol} Q=256,384,512 ({ev.precision})",
                      "seconds_per_image": t["seconds"], "range": [t["min"], t["max"]], "gmacs": macs / 1e9,
@@ -534,14 +537,17 @@ def _run(cfg: BenchConfig) -> dict:
           + (f", bf16 {gemm['bf16']:.1f} GFLOP/s" if bf16 else f"; {BF16_SKIPPED}"), flush=True)
     rows: list[dict] = []
     torch.manual_seed(0)
-    model = vgg("D", init="glorot").eval()
+    model = vgg("D", init="glorot", width=cfg.width, fc_width=round(4096 * cfg.width)).eval()
+    if cfg.width != 1:
+        print(f"model: VGG-16 at width x{cfg.width:g} (conv {model.config.channels(64)}-"
+              f"{model.config.channels(512)}, FC {model.config.fc_width}): not the paper's net", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         runners = verydeep_runners(cfg, model) if "inference" in cfg.sections else []
         if "peers" in cfg.sections:
             runners += onnxruntime_runner(cfg, model, Path(tmp)) + openvino_runners(cfg, model, Path(tmp)) + \
                 keras_runner(cfg)
         if runners:
-            rows += inference(cfg, runners, gemm)
+            rows += inference(cfg, runners, gemm, multiply_adds(model.config, 224))
         runners = []  # frees every net before training
     if "train" in cfg.sections:
         for p in gemm:
