@@ -60,6 +60,18 @@ def test_dense_is_flip_averaged_mean_score_map(model, data):
     np.testing.assert_allclose(post.probs[("dense", 80)][4], ((a + b) / 2)[0].numpy(), atol=1e-6)
 
 
+def test_dense_images_and_flips_in_one_call_or_two_give_the_same(model, data):
+    # batch 2: a full bucket of 2 runs images and flips apart; batch 64: each size's images and their flips in one
+    # call (dense_posteriors)
+    (_, apart), (_, together) = (run(model, data, ["dense"], [80], batch_size=b) for b in (2, 64))
+    np.testing.assert_allclose(apart.probs[("dense", 80)], together.probs[("dense", 80)], atol=1e-6)
+    for i in range(len(data)):
+        x = model.preprocess(to_uint8(rescale(Image.open(data.path(i)).convert("RGB"), 80))[None].float() / 255)
+        with torch.no_grad():
+            want = (model.score_map(x).mean((2, 3)).softmax(1) + model.score_map(x.flip(3)).mean((2, 3)).softmax(1))
+        np.testing.assert_allclose(together.probs[("dense", 80)][i], want[0].numpy() / 2, atol=1e-6)
+
+
 def test_multicrop_is_the_mean_of_50_crop_posteriors(model, data):
     _, post = run(model, data, ["multicrop"], [70])
     big = to_uint8(rescale(Image.open(data.path(1)).convert("RGB"), 70))

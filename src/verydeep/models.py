@@ -137,7 +137,7 @@ class VGG(nn.Module):
     image at least that large and applies the FC layers as convolutions (PAPER.md section 3, dense evaluation).
     ``model.card`` says what the weights need (card.py): their preprocessing, classes, training scale, pooling."""
 
-    def __init__(self, config: VGGConfig | Card, init: str = "paper"):
+    def __init__(self, config: VGGConfig | Card, init: str | None = "paper"):
         super().__init__()
         card = config if isinstance(config, Card) else Card(
             config, VERYDEEP if config.in_channels == 3 else
@@ -178,7 +178,8 @@ class VGG(nn.Module):
         self.head_names = ["fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
         self.feature_channels = c_in
         self.card = card
-        init_weights(self, init)
+        if init is not None:  # None: weights about to be overwritten (loading) keep the layers' own cheap init
+            init_weights(self, init)
 
     @property
     def card(self) -> Card:

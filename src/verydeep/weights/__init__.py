@@ -211,11 +211,12 @@ def build(path: str | os.PathLike, name: str | None = None, *, num_classes: int 
         except (ValueError, WeightsError) as e:
             raise WeightsError(f"{path}: {e}") from None
     with torch.device("meta"):  # every shape checked against the file before anything is allocated
-        _plan(VGG(cfg), t, path, strict)
+        _plan(VGG(cfg, init=None), t, path, strict)  # (an init on meta tensors imports torch._dynamo: 1.7 s)
     if t.known and preprocess is not None and preprocess != t.preprocess:
         log.warning("%s is %s, made for %s input; the stated preprocessing (%s) overrides that", path, t.known,
                     convention_name(t.preprocess), convention_name(preprocess))
-    model = VGG(_card(t, cfg, preprocess, pooling))
+    # strict: the file sets every weight, so the paper's init would be drawn for nothing (1.6 s for VGG-16)
+    model = VGG(_card(t, cfg, preprocess, pooling), init=None if strict else "paper")
     assign(model, t, path, strict)
     return model
 
