@@ -72,6 +72,21 @@ def test_dense_images_and_flips_in_one_call_or_two_give_the_same(model, data):
         np.testing.assert_allclose(together.probs[("dense", 80)][i], want[0].numpy() / 2, atol=1e-6)
 
 
+def test_images_of_one_shape_gather_into_full_batches_among_many_shapes(model, tmp_path):
+    # 48 images of 6 shapes, read in turn: every dense batch is full (8), though 40 images wait before the first
+    # bucket fills: more than 4 batches, but far less than HOLD_BYTES (4 batches alone ran buckets of 1-7)
+    for i in range(48):
+        write_jpeg(tmp_path / "val" / "c0" / f"{i:02d}.jpg", photo(80 + 6 * (i % 6), 70, i))
+    data = ImageFolder(tmp_path / "val")
+    ev = Evaluator(model, progress=False, workers=0, batch_size=8, precision="fp32")
+    sizes, dense = [], ev.dense_posteriors
+    ev.dense_posteriors = lambda x: sizes.append(len(x)) or dense(x)
+    post = ev.run(data, ["dense"], [64])
+    assert sizes == [8] * 6
+    _, alone = run(model, data, ["dense"], [64], batch_size=1)
+    np.testing.assert_allclose(post.probs[("dense", 64)], alone.probs[("dense", 64)], atol=1e-5)
+
+
 def test_multicrop_is_the_mean_of_50_crop_posteriors(model, data):
     _, post = run(model, data, ["multicrop"], [70])
     big = to_uint8(rescale(Image.open(data.path(1)).convert("RGB"), 70))
@@ -230,10 +245,13 @@ def test_results_do_not_depend_on_batch_size_or_workers(model, data):
     assert ref.labels.tolist() == other.labels.tolist() == data.labels().tolist()
 
 
-def test_images_of_many_shapes_are_run_before_the_pass_ends(model, tmp_path):
-    """Dense batches need one shape: with every image of its own shape, at most 4 batches of images wait (without the
-    bound all of them did, to the end: 11 GB for the study's 5,000 test images), and the posteriors are those of each
-    image run alone."""
+def test_images_of_many_shapes_are_run_before_the_pass_ends(model, tmp_path, monkeypatch):
+    """Dense batches need one shape: with every image of its own shape, at most 4 batches of images wait once they
+    take more than HOLD_BYTES (without a bound all of them did, to the end: 11 GB for the study's 5,000 test images),
+    and the posteriors are those of each image run alone."""
+    import verydeep.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "HOLD_BYTES", 0)  # these small images would all fit in the default
     for i in range(24):
         write_jpeg(tmp_path / "val" / f"c{i % 3}" / f"{i}.jpg", photo(80 + 6 * i, 70, i))
     data = ImageFolder(tmp_path / "val")

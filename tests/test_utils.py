@@ -49,3 +49,19 @@ def test_atomic_write_on_a_full_disk_names_the_file_and_leaves_nothing(tmp_path)
     with pytest.raises(UserError, match=r"/f: cannot write: No space left on device"):
         atomic_write(tmp_path / "f", full)
     assert os.listdir(tmp_path) == ["f"] and (tmp_path / "f").read_text() == "old"
+
+
+def test_kernel_caches_are_bounded_before_the_first_convolution_unless_the_environment_says():
+    # the effect (a process's memory over many input shapes) is measured in BENCHMARKS.md, not here: the wiring is
+    # what can be tested, in a fresh process where no kernel was made yet
+    script = ("import os, torch; from verydeep.models import vgg; from verydeep.fast import FastVGG; "
+              "net = FastVGG(vgg('A', width=0.125, fc_width=16, crop_size=32).eval(), 'fp32', 'cpu'); "
+              "net(torch.zeros(1, 3, 32, 32)); "
+              "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])")
+    names = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["128", "128"]
+    out = subprocess.run([sys.executable, "-c", script], env={**env, "LRU_CACHE_CAPACITY": "7"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["128", "7"]

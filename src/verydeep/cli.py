@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from . import config
 from .errors import UserError
-from .utils import keep_freed_memory
+from .utils import bound_kernel_caches, keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     cls, fn = resolve(cmd)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     keep_freed_memory()  # every command allocates VGG activations again and again (utils.py)
+    bound_kernel_caches()  # before the first convolution (utils.py)
     try:
         code = _run(cmd, lambda: fn(config.build(cls, config.given(args, cls), args.config)))
     except BaseException as e:

@@ -220,6 +220,14 @@ class Posteriors:
 # calibration source); measured on the miniature study's nets, 128 and 512 images agreed with fp32 equally (within
 # 0.4 points), so the cost of the eager fp32 calibration pass is kept small.
 CALIBRATION_IMAGES = 256
+# Images waiting for a dense batch of their shape: at most 4 batches of them, or more while they take at most
+# HOLD_BYTES (uint8 pixels). Rescaled to a test scale Q, images of one aspect ratio share a shape, and a dataset has
+# about Q / 2 shapes per orientation at Q: the miniature study's test images at Q = 73, 110, 146 come in 333 shapes
+# in 1,000 images, and 4 batches of them ran in batches of 1-2. 32 MB holds ~680 of them at three scales (one
+# VGG-16 test image at Q = 256, 384, 512 takes ~2 MB: the 4 batches decide there). 256 MB ran dense evaluation alone
+# faster still, but grew the process by 1-2 GB: malloc's heap, kept whole (utils.keep_freed_memory), fragments
+# around images that wait long (BENCHMARKS.md).
+HOLD_BYTES = 32 * 2**20
 # int8: where an image's reported result has a top-2 posterior margin below this, fp32 recomputes it (Evaluator.run).
 # The disagreements of int8 with fp32 are near-ties (on the study's nets every flipped image had a margin under 0.07,
 # and 0.6% of test images have one under 0.01, which any perturbation flips). Measured on seed 0's A, D and E (1,000
@@ -335,9 +343,9 @@ class Evaluator:
 
     def dense_posteriors(self, images: torch.Tensor) -> torch.Tensor:
         """Section 3: score map averaged spatially, soft-max, flip-averaged; images (N, 3, H, W) of one size. The
-        images and their flips go in one call while that stays within a batch: most test images have a size of their
-        own, and the net prepares its weights for each input size it meets (fast.py); one call instead of two ran
-        the study's dense evaluation 1.27x faster (BENCHMARKS.md)."""
+        images and their flips go in one call while that stays within a batch: test images come in many sizes, and
+        the net prepares its weights for each input size it meets (fast.py); one call instead of two ran
+        the demo's nets' dense evaluation 1.20-1.28x faster (BENCHMARKS.md)."""
         self.forward_images += 2 * len(images)
         return self._dense(self.net, self._prep(images), 2 * len(images) <= self.batch_size).cpu()
 
@@ -367,7 +375,7 @@ class Evaluator:
         bar = tqdm(total=n * per_image, unit="result", desc="evaluate", disable=not self.progress,
                    dynamic_ncols=True, mininterval=1.0)
 
-        hold = 4 * self.batch_size          # images waiting in buckets, at most (see the loop)
+        waiting = [0, 0]                    # images waiting in buckets, and their bytes (bounded: see the loop)
 
         def flush_dense(key, force=False):
             items = buckets[key]
@@ -375,6 +383,8 @@ class Evaluator:
                 p = self.dense_posteriors(torch.stack([im for _, im in items]))
                 probs[("dense", key[0])][[i for i, _ in items]] = p.numpy()
                 bar.update(len(items))
+                waiting[0] -= len(items)
+                waiting[1] -= sum(im.numel() for _, im in items)
                 del buckets[key]
 
         def flush_crops(force=False):
@@ -401,11 +411,13 @@ class Evaluator:
                     if PROTOCOLS[name].dense:
                         key = (q, *big.shape[1:])
                         buckets[key].append((i, big))
+                        waiting[0] += 1
+                        waiting[1] += big.numel()
                         flush_dense(key)
-                        # Dense batches need one shape, and photographs come in as many shapes as there are images
-                        # (the study's test split: 1,768 in 2,000): without a bound every image waited in its bucket
-                        # to the end, 1.6 MB of them per image at three scales (11 GB for 5,000).
-                        while sum(map(len, buckets.values())) > hold:  # a cheap sum: at most hold + 1 keys, none empty
+                        # Dense batches need one shape, and images come in many (photographs: as many shapes as
+                        # images): without a bound every image could wait in its bucket to the end (the study's
+                        # evaluations grew to 11 GB). Within the bound, images of a shape gather into batches.
+                        while waiting[0] > 4 * self.batch_size and waiting[1] > HOLD_BYTES:
                             flush_dense(max(buckets, key=lambda k: len(buckets[k])), force=True)
                     else:
                         pending.append((i, q, name, PROTOCOLS[name].views(big, crop)))

@@ -40,7 +40,7 @@ from .models import VGG, check_memory
 from .paper import pooled_size
 from .precision import Precision, mkldnn_ok, onednn_bf16
 from .share import shared_threads
-from .utils import keep_freed_memory
+from .utils import bound_kernel_caches, keep_freed_memory
 
 log = logging.getLogger("verydeep")
 
@@ -331,6 +331,7 @@ class FastVGG:
         self.policy = Precision.resolve(precision, self.device)
         self.precision = self.policy.name
         keep_freed_memory()  # activations are allocated anew on every call: reuse them, no page faults (utils.py)
+        bound_kernel_caches()  # a kernel for every input size met (utils.py)
         self.crop, self.upto, self.preprocess = model.config.crop_size, upto, model.preprocess
         self.config = model.config
         self.steps: list[Conv | Op] | None = chain(model, upto)

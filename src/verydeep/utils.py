@@ -111,6 +111,20 @@ def keep_freed_memory() -> bool:
     return _kept
 
 
+KERNEL_CACHE_ENTRIES = 128
+
+
+def bound_kernel_caches() -> None:
+    """oneDNN and PyTorch's ideep layer each keep up to 1,024 prepared convolution kernels, one for every layer and
+    input shape met. Dense evaluation meets many shapes (images rescaled to a test scale: one per aspect ratio), and
+    the caches grew a process by 0.6 GB that way (`verydeep evaluate` of the demo's D on 1,000 test images at 3
+    scales: peak RSS 1.39-1.43 GB with 1,024 entries, 0.77-0.82 GB with 128, the same time within the runs' spread;
+    BENCHMARKS.md). Training and crops meet a few shapes. Both libraries read the setting when they make their first
+    kernel: a no-op after that, and a value set in the environment wins."""
+    for var in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(var, str(KERNEL_CACHE_ENTRIES))
+
+
 def release_freed_memory() -> None:
     """Hand the memory malloc keeps (keep_freed_memory) back to the kernel, once, now. Before forking workers: a
     forked child shares the parent's pages until one side writes them, and the parent, reusing its kept heap for
