@@ -4,6 +4,7 @@ import hashlib
 import io
 import logging
 import multiprocessing
+import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
@@ -499,7 +500,6 @@ def test_decoded_images_kept_on_disk_serve_the_same_batches_and_follow_the_files
     assert not first.cache.from_disk and _cache_file(folder) is not None
     again = TrainLoader(ImageFolder(folder), tf, cfg)
     assert again.cache.from_disk and again.cache.sizes == first.cache.sizes
-    import os
     cwd = os.getcwd()
     try:  # the folder named relative to another working directory: the same file
         os.chdir(folder.parent)

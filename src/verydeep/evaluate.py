@@ -221,12 +221,12 @@ class Posteriors:
 # 0.4 points), so the cost of the eager fp32 calibration pass is kept small.
 CALIBRATION_IMAGES = 256
 # Images waiting for a dense batch of their shape: at most 4 batches of them, or more while they take at most
-# HOLD_BYTES (uint8 pixels). Rescaled to a test scale Q, images of one aspect ratio share a shape, and a dataset has
-# about Q / 2 shapes per orientation at Q: the miniature study's test images at Q = 73, 110, 146 come in 333 shapes
-# in 1,000 images, and 4 batches of them ran in batches of 1-2. 32 MB holds ~680 of them at three scales (one
-# VGG-16 test image at Q = 256, 384, 512 takes ~2 MB: the 4 batches decide there). 256 MB ran dense evaluation alone
-# faster still, but grew the process by 1-2 GB: malloc's heap, kept whole (utils.keep_freed_memory), fragments
-# around images that wait long (BENCHMARKS.md).
+# HOLD_BYTES (uint8 pixels). Rescaled to a test scale Q, images of one aspect ratio share a shape: the miniature
+# study's test images (aspect ratios up to 1.5) come in about Q / 2 shapes per orientation, 333 in 1,000 images at
+# Q = 73, 110, 146, and 4 batches of them ran in batches of 1-2. 32 MB holds ~680 of them at three scales (a 500 x
+# 375 photograph at Q = 256, 384, 512 takes ~2 MB: the 4 batches decide there). 256 MB ran dense evaluation faster
+# still, but a process evaluating all three protocols grew by 0.7-2 GB: malloc's heap, kept whole
+# (utils.keep_freed_memory), fragments around images that wait long (BENCHMARKS.md).
 HOLD_BYTES = 32 * 2**20
 # int8: where an image's reported result has a top-2 posterior margin below this, fp32 recomputes it (Evaluator.run).
 # The disagreements of int8 with fp32 are near-ties (on the study's nets every flipped image had a margin under 0.07,
@@ -414,9 +414,9 @@ class Evaluator:
                         waiting[0] += 1
                         waiting[1] += big.numel()
                         flush_dense(key)
-                        # Dense batches need one shape, and images come in many (photographs: as many shapes as
-                        # images): without a bound every image could wait in its bucket to the end (the study's
-                        # evaluations grew to 11 GB). Within the bound, images of a shape gather into batches.
+                        # Dense batches need one shape, and images come in many (one per aspect ratio at a scale):
+                        # without a bound every image could wait in its bucket to the end (the study's evaluations
+                        # grew to 11 GB). Within the bound, images of a shape gather into batches.
                         while waiting[0] > 4 * self.batch_size and waiting[1] > HOLD_BYTES:
                             flush_dense(max(buckets, key=lambda k: len(buckets[k])), force=True)
                     else:
