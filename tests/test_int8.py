@@ -38,3 +38,23 @@ def test_weight_codes_fit_the_cpus_8_bit_products(monkeypatch):
         monkeypatch.setattr(int8, "cpu_flags", lambda flags=flags: frozenset(flags))
         assert int8.weight_levels() == levels
         assert qconv(torch.randn(4, 3, 3, 3)).w.abs().amax().item() == levels
+
+
+def test_an_input_zero_point_is_folded_and_the_padding_stays_real_zero():
+    # the first layer's input (an image minus its mean) has a zero point: QConv pads with its code and takes the
+    # codes' offset out of the bias; the result must be the convolution of the real values, zero-padded
+    torch.manual_seed(0)
+    qin = QParams.of_range(-123.7, 151.1)
+    assert qin.zero_point > 0
+    layer = SimpleNamespace(weight=torch.randn(16, 3, 3, 3) * 0.1, bias=torch.randn(16), padding=1, relu=False)
+    conv = QConv(layer, qin, None)
+    codes = torch.randint(0, 256, (2, 3, 9, 13), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    real = (codes.double() - qin.zero_point) * qin.scale
+    exact = F.conv2d(real, conv.w.double() * conv.w_scale[:, None, None, None], layer.bias.double(), padding=1)
+    out = conv(codes)
+    assert out.shape == exact.shape
+    assert ((out.double() - exact).abs().max() / exact.abs().max()).item() < 1e-5
+    # padded with code 0 instead, the border would be off by the zero point's worth
+    wrong = F.conv2d(F.pad(real, (1, 1, 1, 1), value=-qin.zero_point * qin.scale),
+                     conv.w.double() * conv.w_scale[:, None, None, None], layer.bias.double())
+    assert (wrong - exact).abs().max().item() > 1.0
